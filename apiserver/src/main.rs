@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    miniorch_api::component::main(miniorch_apiserver::run)
+}

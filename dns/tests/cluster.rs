@@ -1,0 +1,239 @@
+//! The whole DNS server against a real apiserver over a real etcd: names follow Services and
+//! EndpointSlices as they are created and deleted, queried with hickory's DNS client.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hickory_server::net::client::{Client, ClientHandle};
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::net::udp::UdpClientStream;
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::{DNSClass, Name, RecordType};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use tokio_util::sync::CancellationToken;
+
+/// How long the server may take to catch up before the test gives up (a bound, not an
+/// assertion).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// etcd in a temporary directory, killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (scripts/install-deps)");
+        Etcd {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Retries `f` until it returns `Some`, or panics after [`PATIENCE`] saying `what`.
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The answer's code and records (as text), or `None` when the query itself failed.
+async fn ask(
+    client: &mut Client<TokioRuntimeProvider>,
+    name: &str,
+    qtype: RecordType,
+) -> Option<(ResponseCode, Vec<String>)> {
+    let r = client
+        .query(Name::from_str(name).unwrap(), DNSClass::IN, qtype)
+        .await
+        .ok()?
+        .into_message();
+    Some((
+        r.metadata.response_code,
+        r.answers.iter().map(|a| a.data.to_string()).collect(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_follow_services_and_slices() {
+    let etcd = Etcd::start();
+    let stop = CancellationToken::new();
+    let api_port = free_port();
+    let apiserver = <miniorch_apiserver::Config as clap::Parser>::try_parse_from([
+        "miniorch-apiserver",
+        "--etcd-servers",
+        &etcd.url,
+        "--bind-address",
+        "127.0.0.1",
+        "--port",
+        &api_port.to_string(),
+    ])
+    .unwrap();
+    tokio::spawn(miniorch_apiserver::run(apiserver, stop.clone()));
+    let server = format!("http://127.0.0.1:{api_port}");
+    let dns_port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dns_addr: SocketAddr = ([127, 0, 0, 1], dns_port).into();
+    let dns = <miniorch_dns::Config as clap::Parser>::try_parse_from([
+        "miniorch-dns",
+        "--server",
+        &server,
+        "--listen",
+        &dns_addr.to_string(),
+        "--healthz-port",
+        "0",
+    ])
+    .unwrap();
+    let dns_task = tokio::spawn(miniorch_dns::run(dns, stop.clone()));
+
+    let conn = UdpClientStream::builder(dns_addr, TokioRuntimeProvider::default()).build();
+    let (mut dig, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+    tokio::spawn(bg);
+
+    // The apiserver's own service.
+    let (code, answers) = eventually("kubernetes.default resolves", async || {
+        ask(
+            &mut dig,
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A,
+        )
+        .await
+        .filter(|(_, a)| !a.is_empty())
+    })
+    .await;
+    assert_eq!(
+        (code, answers),
+        (ResponseCode::NoError, vec!["10.96.0.1".to_string()])
+    );
+
+    let client =
+        miniorch_api::client::build(kube::Config::new(server.parse().unwrap()), "dns-test")
+            .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let web: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }))
+    .unwrap();
+    let web = services.create(&PostParams::default(), &web).await.unwrap();
+    let ip = web.spec.and_then(|s| s.cluster_ip).unwrap();
+    let answers = eventually("web resolves to its cluster IP", async || {
+        ask(&mut dig, "web.default.svc.cluster.local.", RecordType::A)
+            .await
+            .map(|(_, a)| a)
+            .filter(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(answers, [ip]);
+    let (_, srv) = ask(
+        &mut dig,
+        "_http._tcp.web.default.svc.cluster.local.",
+        RecordType::SRV,
+    )
+    .await
+    .unwrap();
+    assert_eq!(srv, ["0 100 80 web.default.svc.cluster.local."]);
+
+    // A headless service resolves to its ready endpoints.
+    let db: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]},
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &db).await.unwrap();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-abc", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.0.7"], "hostname": "db-0", "conditions": {"ready": true}},
+            {"addresses": ["10.244.0.8"], "conditions": {"ready": false}},
+        ],
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &slice).await.unwrap();
+    let answers = eventually("db resolves to its ready endpoint", async || {
+        ask(&mut dig, "db.default.svc.cluster.local.", RecordType::A)
+            .await
+            .map(|(_, a)| a)
+            .filter(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(answers, ["10.244.0.7"]);
+    let (_, a) = ask(
+        &mut dig,
+        "db-0.db.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a, ["10.244.0.7"]);
+
+    // Deleted: the name is gone.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("web is NXDOMAIN once deleted", async || {
+        ask(&mut dig, "web.default.svc.cluster.local.", RecordType::A)
+            .await
+            .filter(|(code, _)| *code == ResponseCode::NXDomain)
+    })
+    .await;
+
+    stop.cancel();
+    dns_task.await.unwrap().unwrap();
+    drop(etcd);
+}

@@ -1,0 +1,5 @@
+//! `miniorch-scheduler`: the scheduler as its own process.
+
+fn main() -> anyhow::Result<()> {
+    miniorch_api::component::main(miniorch_scheduler::run)
+}
