@@ -472,3 +472,173 @@ fn kubectl_create_generators_send_protobuf() {
         );
     }
 }
+
+const DEPLOY_V1: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: miniorch/demo
+        env:
+        - {name: COLOUR, value: blue}
+        - {name: SIZE, value: small}
+        ports:
+        - containerPort: 8080
+      - name: sidecar
+        image: miniorch/demo
+";
+
+/// The same deployment with one env var changed and one removed, a port changed and the
+/// sidecar gone.
+const DEPLOY_V2: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: miniorch/demo
+        env:
+        - {name: COLOUR, value: green}
+        ports:
+        - containerPort: 9090
+";
+
+#[test]
+fn kubectl_reapply_removes_what_the_manifest_dropped() {
+    for store in STORES {
+        let api = Api::start(store);
+        let out = api.kubectl_stdin(&["apply", "-f", "-"], Some(DEPLOY_V1));
+        assert!(
+            text(&out).contains("deployment.apps/web created"),
+            "{}",
+            text(&out)
+        );
+        // A field set by someone else survives a re-apply (three-way merge).
+        api.ok(&["label", "deploy", "web", "team=a"]);
+        let out = api.kubectl_stdin(&["apply", "-f", "-"], Some(DEPLOY_V2));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            text(&out).contains("deployment.apps/web configured"),
+            "{}",
+            text(&out)
+        );
+        let d: serde_json::Value =
+            serde_json::from_str(&api.ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
+        let containers = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers");
+        assert_eq!(
+            containers.len(),
+            1,
+            "{store:?}: the sidecar should be gone: {containers:?}"
+        );
+        assert_eq!(
+            containers[0]["env"],
+            serde_json::json!([{"name": "COLOUR", "value": "green"}]),
+            "{store:?}"
+        );
+        assert_eq!(
+            containers[0]["ports"],
+            serde_json::json!([{"containerPort": 9090, "protocol": "TCP"}]),
+            "{store:?}"
+        );
+        assert_eq!(d["metadata"]["labels"]["team"], "a");
+        assert_eq!(d["metadata"]["generation"], 2, "{store:?}");
+        let out = api.kubectl_stdin(&["apply", "-f", "-"], Some(DEPLOY_V2));
+        assert!(
+            text(&out).contains("deployment.apps/web unchanged"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn kubectl_cordon_uncordon_and_wait() {
+    for store in STORES {
+        let api = Api::start(store);
+        let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {kubernetes.io/hostname: n1}\n";
+        assert!(
+            api.kubectl_stdin(&["apply", "-f", "-"], Some(node))
+                .status
+                .success()
+        );
+        assert!(api.ok(&["cordon", "n1"]).contains("node/n1 cordoned"));
+        let row = api.ok(&["get", "node", "n1", "--no-headers"]);
+        assert!(row.contains("SchedulingDisabled"), "{row}");
+        assert!(
+            api.ok(&["cordon", "n1"])
+                .contains("node/n1 already cordoned")
+        );
+        assert!(api.ok(&["uncordon", "n1"]).contains("node/n1 uncordoned"));
+        assert_eq!(
+            api.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]),
+            ""
+        );
+
+        // wait --for=condition: kubectl watches until the status shows it.
+        api.kubectl_stdin(&["apply", "-f", "-"], Some(POD));
+        // Nothing makes it Ready here (no agent): a short wait times out with exit 1...
+        let short = api.kubectl(&["wait", "--for=condition=Ready", "pod/web", "--timeout=1s"]);
+        assert_eq!(short.status.code(), Some(1), "{}", text(&short));
+        assert!(
+            text(&short).contains("timed out waiting for the condition"),
+            "{}",
+            text(&short)
+        );
+        // ...and a wait already running returns 0 once the status says Ready (it watches).
+        let waiter = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", api.kubeconfig())
+            .arg("--cache-dir")
+            .arg(api.dir.path().join("wait-cache"))
+            .args(["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl wait");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let status = serde_json::json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let (code, body) = api.curl(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/web/status",
+            "application/merge-patch+json",
+            &status.to_string(),
+        );
+        assert_eq!(code, 200, "{body}");
+        let out = waiter.wait_with_output().expect("kubectl wait");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            text(&out).contains("pod/web condition met"),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            api.ok(&[
+                "wait",
+                "--for=jsonpath={.status.phase}=Running",
+                "pod/web",
+                "--timeout=30s"
+            ])
+            .contains("pod/web condition met")
+        );
+        // wait --for=delete returns once the object is gone.
+        api.ok(&["delete", "pod", "web", "--wait=false"]);
+        let out = api.kubectl(&["wait", "--for=delete", "pod/web", "--timeout=30s"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+}
