@@ -8,6 +8,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fuzz;
 pub mod kv;
 pub mod mvcc;
 pub mod pb;

@@ -1,4 +1,4 @@
-//! An in-memory [`Backend`] for unit tests of the state machine.
+//! An in-memory [`Backend`] for unit tests and the fuzz target of the state machine.
 
 use std::collections::BTreeMap;
 

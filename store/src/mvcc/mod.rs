@@ -7,7 +7,6 @@
 //! same revisions, so a restart can replay the log and watchers never see a revision change.
 
 pub mod key_index;
-#[cfg(test)]
 pub mod mem;
 #[cfg(test)]
 mod tests;
