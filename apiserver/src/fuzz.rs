@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use serde_json::Value;
 
 use crate::handlers::{FieldValidation, decode_value};
@@ -79,6 +80,47 @@ fn patches(data: &[u8]) {
             typed::<Pod>(out);
         }
     }
+    managed_fields(&original, patch);
+}
+
+/// Server-side apply and managedFields read untrusted configurations and entries.
+fn managed_fields(original: &Value, input: Value) {
+    use crate::managed_fields::{FieldSet, Manager, Operation, apply_config, updated_entries};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    fn manager(name: &str, operation: Operation) -> Manager {
+        Manager {
+            name: name.to_string(),
+            operation,
+            subresource: None,
+        }
+    }
+    fn apply(live: &Value, config: &Value, name: &str) -> Option<Value> {
+        let now = Time(jiff::Timestamp::UNIX_EPOCH);
+        let m = manager(name, Operation::Apply);
+        apply_config(Some(live), config, &m, "v1", true, false, &now).ok()
+    }
+    if let Some(out) = apply(original, &input, "a") {
+        // Another manager applying the original may conflict; the first one then drops it all.
+        let _ = apply(&out, original, "b");
+        let _ = apply(&out, &serde_json::json!({}), "a");
+        typed::<Pod>(out);
+    }
+    let _ = FieldSet::from_fields_v1(&input).to_fields_v1();
+    if let Ok(entries) = serde_json::from_value::<Vec<ManagedFieldsEntry>>(input.clone()) {
+        let mut live = original.clone();
+        live["metadata"]["managedFields"] = input;
+        let _ = apply(&live, original, "a");
+        let now = Time(jiff::Timestamp::UNIX_EPOCH);
+        let _ = updated_entries(
+            original,
+            &serde_json::json!({}),
+            &entries,
+            Some(&entries),
+            &manager("u", Operation::Update),
+            "v1",
+            &now,
+        );
+    }
 }
 
 fn selectors(data: &[u8]) {
@@ -104,6 +146,8 @@ mod tests {
             b"\x05{\"spec\":{\"containers\":[{\"$patch\":\"delete\"}]}}",
             b"\x05[{\"op\":\"move\",\"from\":\"/spec\",\"path\":\"/spec/x\"}]",
             b"\x05{\"$setElementOrder/containers\":[1,2],\"metadata\":{\"$deleteFromPrimitiveList/finalizers\":[\"a/b\"]}}",
+            b"\x05{\"metadata\":{\"finalizers\":[\"a/b\",\"a/b\"]},\"spec\":{\"containers\":[{\"name\":\"web\",\"image\":\"x\"}]}}",
+            b"\x05[{\"manager\":\"m\",\"operation\":\"Update\",\"fieldsV1\":{\"f:spec\":{\"f:containers\":{\"k:{\\\"name\\\":\\\"web\\\"}\":{\".\":{},\"f:image\":{}}},\"i:9\":{},\"v:[\":{}}}},{\"operation\":\"Apply\"}]",
             b"\x06a in (b,c),!d,e!=f&fieldSelector=spec.nodeName%3Dx",
             b"\x07{\"spec\":{\"type\":\"NodePort\",\"ports\":[{\"port\":-1,\"nodePort\":99999999}]}}",
             b"\x03{\"spec\":{\"podCIDR\":\"1.2.3.4/99\",\"taints\":[{\"effect\":\"x\"}]}}",

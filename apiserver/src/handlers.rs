@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::cache::{Cached, Cacher, Freshness};
 use crate::errors::{ApiError, ApiResult, FieldError};
 use crate::http::{Query, Wanted, json_response, wanted};
+use crate::managed_fields::{self, Manager, Operation};
 use crate::patch::{self, PatchType};
 use crate::registry::{DeleteDecision, Kind, ResourceInfo, Subresource};
 use crate::request::{ResourcePath, Verb};
@@ -46,6 +47,18 @@ impl ApiRequest {
 
     fn content_type(&self) -> String {
         crate::http::content_type(&self.headers)
+    }
+
+    /// Who this write is recorded under in managedFields.
+    pub fn manager(&self, operation: Operation, sub: Option<Subresource>) -> ApiResult<Manager> {
+        Manager::of_request(
+            self.query.get("fieldManager"),
+            self.headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            operation,
+            sub.map(Subresource::name),
+        )
     }
 }
 
@@ -644,6 +657,7 @@ pub async fn create_object<K: Kind>(
     ns: Option<&str>,
     mut obj: K,
     dry_run: bool,
+    manager: &Manager,
 ) -> ApiResult<K> {
     let meta = obj.metadata_mut();
     if K::NAMESPACED {
@@ -678,6 +692,10 @@ pub async fn create_object<K: Kind>(
     meta.generation = K::TRACKS_GENERATION.then_some(1);
     obj.prepare_for_create();
     obj.apply_defaults();
+    // An apply has recorded its own fields already.
+    if manager.operation == Operation::Update {
+        managed_fields::record_update(None, &mut obj, manager)?;
+    }
     let name = obj.metadata().name.clone().unwrap_or_default();
     let mut errors = validation::object_meta::<K>(obj.metadata());
     errors.extend(obj.validate());
@@ -747,7 +765,15 @@ pub async fn create_object<K: Kind>(
 
 async fn create<K: Kind>(st: &State, req: &ApiRequest) -> ApiResult<Response> {
     let (obj, warnings) = decode_body::<K>(req)?;
-    let obj = create_object(st, req.path.namespace.as_deref(), obj, req.dry_run()).await?;
+    let manager = req.manager(Operation::Update, None)?;
+    let obj = create_object(
+        st,
+        req.path.namespace.as_deref(),
+        obj,
+        req.dry_run(),
+        &manager,
+    )
+    .await?;
     Ok(respond(req, StatusCode::CREATED, &obj, &warnings))
 }
 
@@ -781,6 +807,7 @@ pub async fn update_object<K: Kind>(
     name: &str,
     part: Part,
     dry_run: bool,
+    manager: &Manager,
     mut change: impl FnMut(&K) -> ApiResult<Change<K>>,
 ) -> ApiResult<K> {
     let key = key::<K>(ns, name);
@@ -806,6 +833,10 @@ pub async fn update_object<K: Kind>(
         });
         if !errors.is_empty() {
             return Err(ApiError::invalid(K::GROUP, K::KIND, name, &errors));
+        }
+        // An apply has recorded its own fields already.
+        if manager.operation == Operation::Update {
+            managed_fields::record_update(Some(&old), &mut new, manager)?;
         }
         if K::TRACKS_GENERATION && new.spec_changed(&old) {
             new.metadata_mut().generation = Some(old.metadata().generation.unwrap_or(1) + 1);
@@ -936,18 +967,19 @@ async fn update<K: Kind>(
         }
     }
     let ns = req.path.namespace.as_deref();
+    let manager = req.manager(Operation::Update, sub)?;
     if K::CREATE_ON_UPDATE && sub.is_none() {
         let (item, _) = st.store.get(&key::<K>(ns, name)).await?;
         if item.is_none() {
             let mut body = body;
             body.metadata_mut().name = Some(name.to_string());
-            let obj = create_object(st, ns, body, req.dry_run()).await?;
+            let obj = create_object(st, ns, body, req.dry_run(), &manager).await?;
             return Ok(respond(req, StatusCode::CREATED, &obj, &warnings));
         }
     }
     let given_rv = body.metadata().resource_version.clone();
     let part = sub.map_or(Part::Main, Part::Sub);
-    let obj = update_object::<K>(st, ns, name, part, req.dry_run(), |cur| {
+    let obj = update_object::<K>(st, ns, name, part, req.dry_run(), &manager, |cur| {
         check_resource_version(given_rv.as_deref(), cur)?;
         Ok(Change::Replace(body.clone()))
     })
@@ -972,6 +1004,15 @@ async fn patch<K: Kind>(
     )?;
     let validation = field_validation(&req.query)?;
     let ns = req.path.namespace.as_deref();
+    let force = req.query.get("force") == Some("true");
+    let manager = req.manager(
+        if kind == PatchType::Apply {
+            Operation::Apply
+        } else {
+            Operation::Update
+        },
+        sub,
+    )?;
     if kind == PatchType::Apply {
         if req.query.get("fieldManager").is_none_or(str::is_empty) {
             return Err(ApiError::bad_request(
@@ -980,7 +1021,8 @@ async fn patch<K: Kind>(
         }
         let (item, _) = st.store.get(&key::<K>(ns, name)).await?;
         if item.is_none() && sub.is_none() {
-            let (mut obj, warnings) = decode_value::<K>(patch_body, validation)?;
+            let applied = managed_fields::apply::<K>(None, &patch_body, &manager, force)?;
+            let (mut obj, warnings) = decode_value::<K>(applied, validation)?;
             if obj.metadata().name.as_deref().is_some_and(|n| n != name) {
                 return Err(ApiError::bad_request(format!(
                     "the name of the object ({}) does not match the name on the URL ({name})",
@@ -988,15 +1030,20 @@ async fn patch<K: Kind>(
                 )));
             }
             obj.metadata_mut().name = Some(name.to_string());
-            let obj = create_object(st, ns, obj, req.dry_run()).await?;
+            let obj = create_object(st, ns, obj, req.dry_run(), &manager).await?;
             return Ok(respond(req, StatusCode::CREATED, &obj, &warnings));
         }
     }
     let mut warnings = Vec::new();
     let part = sub.map_or(Part::Main, Part::Sub);
-    let obj = update_object::<K>(st, ns, name, part, req.dry_run(), |cur| {
-        let current = serde_json::to_value(cur).map_err(|e| ApiError::internal(e.to_string()))?;
-        let patched = patch::apply(kind, &current, &patch_body)?;
+    let obj = update_object::<K>(st, ns, name, part, req.dry_run(), &manager, |cur| {
+        let patched = if kind == PatchType::Apply {
+            managed_fields::apply(Some(cur), &patch_body, &manager, force)?
+        } else {
+            let current =
+                serde_json::to_value(cur).map_err(|e| ApiError::internal(e.to_string()))?;
+            patch::apply(kind, &current, &patch_body)?
+        };
         let (new, w) = decode_value::<K>(patched, validation)?;
         check_resource_version(new.metadata().resource_version.as_deref(), cur)?;
         warnings = w;
@@ -1221,12 +1268,14 @@ async fn update_scale<K: Kind>(st: &State, req: &ApiRequest) -> ApiResult<Respon
         req.content_type()
     };
     let body = crate::http::parse_body(&content_type, &req.body)?;
+    let manager = req.manager(Operation::Update, Some(Subresource::Scale))?;
     let obj = update_object::<K>(
         st,
         req.path.namespace.as_deref(),
         name,
         Part::Sub(Subresource::Scale),
         req.dry_run(),
+        &manager,
         |cur| {
             let current = scale_of(cur)?;
             let wanted = match patch_kind {

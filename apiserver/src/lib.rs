@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod handlers;
 pub mod http;
 pub mod kinds;
+pub mod managed_fields;
 pub mod metrics_api;
 pub mod node_proxy;
 pub mod openapi;
@@ -194,12 +195,17 @@ async fn wait_for_store(
     }
 }
 
+/// The manager the server's own writes are recorded under.
+fn system_manager() -> managed_fields::Manager {
+    managed_fields::Manager::system("miniorch-apiserver")
+}
+
 async fn ensure_system_namespaces(state: &State) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Namespace;
     for name in kinds::namespace::SYSTEM {
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.to_string());
-        match handlers::create_object(state, None, ns, false).await {
+        match handlers::create_object(state, None, ns, false, &system_manager()).await {
             Ok(_) => tracing::info!(namespace = name, "created system namespace"),
             Err(e) if e.code == 409 => {}
             Err(e) => anyhow::bail!("cannot create namespace {name}: {e}"),
@@ -240,7 +246,7 @@ async fn ensure_kubernetes_service(
         "spec": {"clusterIP": state.services.ips.first().to_string(), "type": "ClusterIP",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}
     }))?;
-    match handlers::create_object(state, Some("default"), svc, false).await {
+    match handlers::create_object(state, Some("default"), svc, false, &system_manager()).await {
         Ok(_) | Err(ApiError { code: 409, .. }) => {}
         Err(e) => anyhow::bail!("cannot create the kubernetes service: {e}"),
     }
@@ -297,7 +303,15 @@ async fn ensure_kubernetes_service(
 /// Creates `obj` in `default`, or replaces what is there.
 async fn put<K: registry::Kind>(state: &State, obj: K) -> anyhow::Result<()> {
     let name = obj.metadata().name.clone().unwrap_or_default();
-    match handlers::create_object(state, Some("default"), obj.clone(), false).await {
+    match handlers::create_object(
+        state,
+        Some("default"),
+        obj.clone(),
+        false,
+        &system_manager(),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => handlers::update_object::<K>(
             state,
@@ -305,6 +319,7 @@ async fn put<K: registry::Kind>(state: &State, obj: K) -> anyhow::Result<()> {
             &name,
             handlers::Part::Main,
             false,
+            &system_manager(),
             |_| Ok(handlers::Change::Replace(obj.clone())),
         )
         .await

@@ -64,7 +64,9 @@ pub fn apply(kind: PatchType, original: &Value, patch: &Value) -> ApiResult<Valu
 
 /// The merge key of the list at `path` (field names from the root, list indices left out), or
 /// `Merge` for lists of primitives that union, as upstream's `patchMergeKey` struct tags.
-fn list_strategy(path: &[String]) -> ListStrategy {
+/// Server-side apply reads the same table: keyed lists are its associative lists, primitive
+/// merge lists its sets, and the rest are atomic.
+pub(crate) fn list_strategy(path: &[String]) -> ListStrategy {
     let last = path.last().map(String::as_str).unwrap_or("");
     let parent = path
         .len()
@@ -103,9 +105,12 @@ fn list_strategy(path: &[String]) -> ListStrategy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListStrategy {
+pub(crate) enum ListStrategy {
+    /// The list is replaced whole (atomic).
     Replace,
+    /// Elements are objects merged by this key field.
     MergeBy(&'static str),
+    /// Elements are primitives, merged as a set.
     MergePrimitives,
 }
 

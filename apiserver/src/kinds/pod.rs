@@ -693,6 +693,10 @@ pub async fn bind(st: &State, req: &ApiRequest) -> ApiResult<Response> {
         name,
         Part::Sub(Subresource::Binding),
         req.dry_run(),
+        &req.manager(
+            crate::managed_fields::Operation::Update,
+            Some(Subresource::Binding),
+        )?,
         |pod| {
             if let Some(uid) = uid.as_deref().filter(|u| !u.is_empty()) {
                 if pod.metadata.uid.as_deref() != Some(uid) {
