@@ -5,71 +5,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-
 use common::{body, clean_up, containers, eventually, http_get, load_images, unique_id};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Event, Node, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use miniorch_agent::images::DEMO_IMAGE;
+use miniorch_apiserver::testing::ControlPlane;
 use tokio_util::sync::CancellationToken;
-
-/// A port free at the time of asking.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// An etcd child process, killed on drop.
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd must be installed for this test");
-        Etcd {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn demo_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) -> Pod {
     Pod {
@@ -99,21 +41,8 @@ async fn the_agent_runs_bound_pods_end_to_end() {
         .await
         .expect("Docker must be reachable for this test");
     load_images(&docker).await;
-    let etcd = Etcd::start();
-    let stop = CancellationToken::new();
-    let api_port = free_port();
-    // Built from flags, so the test keeps up with new apiserver settings and their defaults.
-    let apiserver = <miniorch_apiserver::Config as clap::Parser>::try_parse_from([
-        "miniorch-apiserver",
-        "--etcd-servers",
-        &etcd.url,
-        "--bind-address",
-        "127.0.0.1",
-        "--port",
-        &api_port.to_string(),
-    ])
-    .expect("apiserver flags");
-    let api_task = tokio::spawn(miniorch_apiserver::run(apiserver, stop.clone()));
+    let cp = ControlPlane::start(&[]).await;
+    let (api_port, stop) = (cp.port, CancellationToken::new());
     let cluster = unique_id();
     let result = tokio::spawn({
         let (docker, cluster, stop) = (docker.clone(), cluster.clone(), stop.clone());
@@ -121,9 +50,8 @@ async fn the_agent_runs_bound_pods_end_to_end() {
     })
     .await;
     stop.cancel();
-    let _ = api_task.await;
     clean_up(&docker, &cluster).await;
-    drop(etcd);
+    drop(cp);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic.into_panic());
     }

@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, clean_up, eventually, load_images, unique_id};
@@ -22,62 +21,8 @@ use miniorch_agent::images::DEMO_IMAGE;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use miniorch_apiserver::testing::{ControlPlane, free_port};
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// An etcd child process, killed on drop.
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd must be installed for this test");
-        Etcd {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The real kubectl with its own kubeconfig and discovery cache.
 struct Kubectl {
@@ -212,20 +157,8 @@ async fn kubectl_logs_exec_and_top_reach_the_agent() {
         .await
         .expect("Docker must be reachable for this test");
     load_images(&docker).await;
-    let etcd = Etcd::start();
-    let stop = CancellationToken::new();
-    let api_port = free_port();
-    let apiserver = <miniorch_apiserver::Config as clap::Parser>::try_parse_from([
-        "miniorch-apiserver",
-        "--etcd-servers",
-        &etcd.url,
-        "--bind-address",
-        "127.0.0.1",
-        "--port",
-        &api_port.to_string(),
-    ])
-    .expect("apiserver flags");
-    let api_task = tokio::spawn(miniorch_apiserver::run(apiserver, stop.clone()));
+    let cp = ControlPlane::start(&[]).await;
+    let (api_port, stop) = (cp.port, CancellationToken::new());
     let cluster = unique_id();
     let result = tokio::spawn({
         let (cluster, stop) = (cluster.clone(), stop.clone());
@@ -233,9 +166,8 @@ async fn kubectl_logs_exec_and_top_reach_the_agent() {
     })
     .await;
     stop.cancel();
-    let _ = api_task.await;
     clean_up(&docker, &cluster).await;
-    drop(etcd);
+    drop(cp);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic.into_panic());
     }

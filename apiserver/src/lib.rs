@@ -20,6 +20,8 @@ pub mod registry;
 pub mod request;
 pub mod storage;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 pub mod watch;
 

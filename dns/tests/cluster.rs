@@ -1,10 +1,8 @@
 //! The whole DNS server against a real apiserver over a real etcd: names follow Services and
 //! EndpointSlices as they are created and deleted, queried with hickory's DNS client.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
 use std::str::FromStr;
-use std::time::Duration;
 
 use hickory_server::net::client::{Client, ClientHandle};
 use hickory_server::net::runtime::TokioRuntimeProvider;
@@ -15,75 +13,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use miniorch_apiserver::testing::{ControlPlane, eventually};
 use tokio_util::sync::CancellationToken;
-
-/// How long the server may take to catch up before the test gives up (a bound, not an
-/// assertion).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// etcd in a temporary directory, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd must be installed (scripts/install-deps)");
-        Etcd {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Retries `f` until it returns `Some`, or panics after [`PATIENCE`] saying `what`.
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The answer's code and records (as text), or `None` when the query itself failed.
 async fn ask(
@@ -104,21 +35,9 @@ async fn ask(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_follow_services_and_slices() {
-    let etcd = Etcd::start();
+    let cp = ControlPlane::start(&[]).await;
     let stop = CancellationToken::new();
-    let api_port = free_port();
-    let apiserver = <miniorch_apiserver::Config as clap::Parser>::try_parse_from([
-        "miniorch-apiserver",
-        "--etcd-servers",
-        &etcd.url,
-        "--bind-address",
-        "127.0.0.1",
-        "--port",
-        &api_port.to_string(),
-    ])
-    .unwrap();
-    tokio::spawn(miniorch_apiserver::run(apiserver, stop.clone()));
-    let server = format!("http://127.0.0.1:{api_port}");
+    let server = cp.url.clone();
     let dns_port = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -235,5 +154,5 @@ async fn names_follow_services_and_slices() {
 
     stop.cancel();
     dns_task.await.unwrap().unwrap();
-    drop(etcd);
+    drop(cp);
 }

@@ -6,83 +6,14 @@
 mod support;
 
 use std::io::ErrorKind;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use support::{Lab, POD_IP};
+use miniorch_apiserver::testing::{ControlPlane, eventually, free_port};
 use tokio_util::sync::CancellationToken;
-
-/// How long the proxy may take to react before the test gives up (a bound, not an assertion).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// etcd in a temporary directory, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd must be installed (scripts/install-deps)");
-        Etcd {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Retries `f` until it returns `Some`, or panics after [`PATIENCE`] saying `what`.
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,21 +31,9 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 async fn services_and_slices_from_the_api_become_rules() {
     let lab = Lab::new();
     lab.serve(&[8080]);
-    let etcd = Etcd::start();
+    let cp = ControlPlane::start(&[]).await;
     let stop = CancellationToken::new();
-    let api_port = free_port();
-    let apiserver = <miniorch_apiserver::Config as clap::Parser>::try_parse_from([
-        "miniorch-apiserver",
-        "--etcd-servers",
-        &etcd.url,
-        "--bind-address",
-        "127.0.0.1",
-        "--port",
-        &api_port.to_string(),
-    ])
-    .unwrap();
-    tokio::spawn(miniorch_apiserver::run(apiserver, stop.clone()));
-    let server = format!("http://127.0.0.1:{api_port}");
+    let server = cp.url.clone();
     let (healthz, metrics) = (free_port(), free_port());
     let proxy = <miniorch_proxy::Config as clap::Parser>::try_parse_from([
         "miniorch-proxy",
@@ -194,5 +113,5 @@ async fn services_and_slices_from_the_api_become_rules() {
 
     stop.cancel();
     proxy_task.await.unwrap().unwrap();
-    drop(etcd);
+    drop(cp);
 }
