@@ -375,17 +375,16 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
 }
 
 fn split_once_unescaped<'a>(s: &'a str, op: &str) -> Option<(&'a str, &'a str)> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    // By character, not byte: an index inside a multi-byte character cannot be sliced at.
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         if s[i..].starts_with(op) {
             return Some((&s[..i], &s[i + op.len()..]));
         }
-        i += 1;
     }
     None
 }
@@ -414,6 +413,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn multi_byte_characters_are_not_split() {
+        // Found by the apiserver's fuzz target: a byte index inside `Ë`.
+        let _ = FieldQuery::parse("\u{cb} ");
+        let _ = FieldQuery::parse("a\\\u{cb}=b");
+        assert_eq!(
+            split_once_unescaped("\u{cb}\\\u{cb}=\u{cb}", "="),
+            Some(("\u{cb}\\\u{cb}", "\u{cb}"))
+        );
     }
 
     #[test]
