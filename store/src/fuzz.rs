@@ -45,7 +45,9 @@ fn step(sm: &mut Mvcc, be: &mut MemBackend, tag: u8, msg: &[u8]) {
             .filter(|r| validate::check_txn(r, MAX_TXN_OPS).is_ok())
             .and_then(|r| {
                 if validate::txn_is_read_only(&r) {
-                    let _ = sm.read_txn(be, &r).expect("a read-only txn cannot fail on storage");
+                    let _ = sm
+                        .read_txn(be, &r)
+                        .expect("a read-only txn cannot fail on storage");
                     None
                 } else {
                     Some(Request::Txn(r))
@@ -63,7 +65,9 @@ fn step(sm: &mut Mvcc, be: &mut MemBackend, tag: u8, msg: &[u8]) {
             }),
         5 => decode::<LeaseRevokeRequest>(msg).map(Request::LeaseRevoke),
         _ => {
-            if let Some(r) = decode::<RangeRequest>(msg).filter(|r| validate::check_range(r).is_ok()) {
+            if let Some(r) =
+                decode::<RangeRequest>(msg).filter(|r| validate::check_range(r).is_ok())
+            {
                 if let Ok(plan) = sm.plan_range(&r, sm.revision()) {
                     execute_range(be, &r, plan).expect("a planned range reads what it planned");
                 }
@@ -76,7 +80,8 @@ fn step(sm: &mut Mvcc, be: &mut MemBackend, tag: u8, msg: &[u8]) {
         let req = InternalRequest {
             request: Some(request),
         };
-        sm.apply(be, &req).expect("apply cannot fail on an in-memory backend");
+        sm.apply(be, &req)
+            .expect("apply cannot fail on an in-memory backend");
         assert!(sm.revision() >= before, "the revision went back");
     }
 }
@@ -92,9 +97,15 @@ fn check_consistent(sm: &Mvcc, be: &MemBackend) {
         range_end: vec![0],
         ..Default::default()
     };
-    let plan = sm.plan_range(&all, sm.revision()).expect("a range at the current revision");
+    let plan = sm
+        .plan_range(&all, sm.revision())
+        .expect("a range at the current revision");
     let resp = execute_range(be, &all, plan).expect("the index and the records agree");
-    assert_eq!(resp.count as usize, sm.key_count(), "the key count and a full range disagree");
+    assert_eq!(
+        resp.count as usize,
+        sm.key_count(),
+        "the key count and a full range disagree"
+    );
 }
 
 #[cfg(test)]
@@ -121,12 +132,38 @@ mod tests {
         history.extend(op(0, put("a", 7)));
         history.extend(op(0, put("b", 0)));
         history.extend(op(0, put("a", 0)));
-        history.extend(op(3, CompactionRequest { revision: 3, physical: false }));
-        history.extend(op(6, RangeRequest { key: b"a".to_vec(), revision: 2, ..Default::default() }));
+        history.extend(op(
+            3,
+            CompactionRequest {
+                revision: 3,
+                physical: false,
+            },
+        ));
+        history.extend(op(
+            6,
+            RangeRequest {
+                key: b"a".to_vec(),
+                revision: 2,
+                ..Default::default()
+            },
+        ));
         history.extend(op(5, LeaseRevokeRequest { id: 7 }));
-        history.extend(op(1, DeleteRangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }));
+        history.extend(op(
+            1,
+            DeleteRangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            },
+        ));
         run(&history);
-        for input in [&[][..], &[0], &[2, 200, 1, 2, 3], &[0, 3, 0x0a, 0x01, b'k'], &[255; 64]] {
+        for input in [
+            &[][..],
+            &[0],
+            &[2, 200, 1, 2, 3],
+            &[0, 3, 0x0a, 0x01, b'k'],
+            &[255; 64],
+        ] {
             run(input);
         }
     }

@@ -137,16 +137,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let network = Network::default();
     let raft_thread = raft::runtime::RaftThread::start().context("starting the raft thread")?;
     let raft_network = network.clone();
-    let raft = raft_thread
+    let (raft, resumed) = raft_thread
         .run(async move {
-            Raft::new(
+            let mut log_store = log_store;
+            let resumed = server::Resumed::read(&mut log_store).await?;
+            let raft = Raft::new(
                 member_id,
                 Arc::new(raft_config),
                 raft_network,
                 log_store,
                 state_machine,
             )
-            .await
+            .await?;
+            anyhow::Ok((raft, resumed))
         })
         .await?
         .context("starting raft")?;
@@ -198,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 log_progress,
                 identity,
                 limits,
+                resumed,
             ))
         })
         .await?;

@@ -116,6 +116,31 @@ impl ClusterService {
         .await;
     }
 
+    /// Waits (a while at most) until no membership change is under way: the latest
+    /// configuration is not a joint one and is applied. etcd answers a change once it is
+    /// applied, so a client may start the next one at once (`member remove` then `member add`);
+    /// openraft refuses a change while the previous one is not committed yet.
+    async fn wait_settled(&self) {
+        let mut rx = self.node.raft.metrics();
+        let _ = tokio::time::timeout(CHANGE_VISIBLE_WITHIN, async {
+            loop {
+                {
+                    let m = rx.borrow();
+                    let stored = &m.membership_config;
+                    if stored.membership().get_joint_config().len() == 1
+                        && m.last_applied >= *stored.log_id()
+                    {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Runs a membership change to completion in the background (openraft drives its two
     /// steps from the caller; a dropped call would leave the joint configuration behind).
     fn change_in_background(&self, change: ChangeMembers<u64, RaftMember>) {
@@ -148,6 +173,7 @@ impl Cluster for ClusterService {
         if let Some(mut leader) = self.leader()? {
             return leader.member_add(req).await;
         }
+        self.wait_settled().await;
         let urls = config::parse_urls("peerURLs", &req.peer_ur_ls.join(","))
             .map_err(|_| EtcdError::MemberBadUrls)?;
         let (nodes, _) = self.existing();
@@ -196,6 +222,7 @@ impl Cluster for ClusterService {
         if let Some(mut leader) = self.leader()? {
             return leader.member_remove(req).await;
         }
+        self.wait_settled().await;
         let (nodes, voters) = self.existing();
         if !nodes.contains_key(&req.id) {
             return Err(EtcdError::MemberNotFound.into());
@@ -221,6 +248,7 @@ impl Cluster for ClusterService {
         if let Some(mut leader) = self.leader()? {
             return leader.member_update(req).await;
         }
+        self.wait_settled().await;
         let urls = config::parse_urls("peerURLs", &req.peer_ur_ls.join(","))
             .map_err(|_| EtcdError::MemberBadUrls)?;
         let (nodes, _) = self.existing();
@@ -272,6 +300,7 @@ impl Cluster for ClusterService {
         if let Some(mut leader) = self.leader()? {
             return leader.member_promote(req).await;
         }
+        self.wait_settled().await;
         let (nodes, voters) = self.existing();
         if !nodes.contains_key(&req.id) {
             return Err(EtcdError::MemberNotFound.into());

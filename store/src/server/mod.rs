@@ -53,6 +53,47 @@ pub struct Limits {
     pub min_lease_ttl: i64,
 }
 
+/// Where this member's Raft state stood when the process started, for [`Node::linearize`].
+///
+/// After a restart openraft resumes leading the term this member led before (if the other
+/// members still follow it). Its read index is then the first entry of that term or the commit
+/// index found on disk, whichever is later; but the commit index is written lazily (see
+/// `raft::log_store`), so it may lag entries this member committed, applied and acknowledged
+/// before it died, which a restarted member has not re-applied yet: a read would miss an
+/// acknowledged write. Everything committed is in the log, so while leading the resumed term,
+/// reads wait for the log as it was at the start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resumed {
+    /// The term of the vote on disk.
+    pub term: Option<u64>,
+    /// The last log index on disk.
+    pub last_log_index: u64,
+}
+
+impl Resumed {
+    /// Reads it from the log store, before Raft takes the store over.
+    pub async fn read(
+        log: &mut crate::raft::log_store::LogStore,
+    ) -> Result<Resumed, crate::raft::StorageError> {
+        use openraft::storage::RaftLogStorage;
+        let last = log.get_log_state().await?.last_log_id;
+        let vote = log.read_vote().await?;
+        Ok(Resumed {
+            term: vote.map(|v| v.leader_id().term),
+            last_log_index: last.map_or(0, |l| l.index),
+        })
+    }
+
+    /// The read index to use for `read`, confirmed by a leader round that began in `term`.
+    pub fn read_index(&self, term: u64, read: u64) -> u64 {
+        if self.term == Some(term) {
+            read.max(self.last_log_index)
+        } else {
+            read
+        }
+    }
+}
+
 /// The leader as seen from one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leader {
@@ -141,6 +182,7 @@ impl Node {
         log: crate::raft::log_store::LogProgress,
         id: Identity,
         limits: Limits,
+        resumed: Resumed,
     ) -> Self {
         let Identity {
             member_id,
@@ -156,8 +198,10 @@ impl Node {
             move || {
                 let raft = leader_raft.clone();
                 async move {
+                    // The term before the round: the round confirms a leadership at least as new.
+                    let term = raft.metrics().borrow().current_term;
                     match raft.get_read_log_id().await {
-                        Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                        Ok((read, _)) => Ok(resumed.read_index(term, read.map_or(0, |l| l.index))),
                         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                             Err(LeaderRead::NotLeader)
                         }
