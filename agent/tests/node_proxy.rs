@@ -18,10 +18,10 @@ use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use kube::api::{Api, LogParams, PostParams};
 use miniorch_agent::images::DEMO_IMAGE;
+use miniorch_apiserver::testing::{ControlPlane, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use miniorch_apiserver::testing::{ControlPlane, free_port};
 use tokio_util::sync::CancellationToken;
 
 /// The real kubectl with its own kubeconfig and discovery cache.

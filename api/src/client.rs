@@ -40,10 +40,10 @@ pub fn find_kubeconfig(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path.to_path_buf());
     }
-    if let Some(list) = std::env::var_os("KUBECONFIG") {
-        if let Some(path) = std::env::split_paths(&list).find(|p| p.is_file()) {
-            return Ok(path);
-        }
+    if let Some(list) = std::env::var_os("KUBECONFIG")
+        && let Some(path) = std::env::split_paths(&list).find(|p| p.is_file())
+    {
+        return Ok(path);
     }
     let ours = crate::paths::kubeconfig_in(&crate::paths::default_data_dir());
     if ours.is_file() {

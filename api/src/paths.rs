@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// `miniorch up`, and so where `mctl` finds the kubeconfig it wrote.
 pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
-        .unwrap_or_else(|| std::env::temp_dir())
+        .unwrap_or_else(std::env::temp_dir)
         .join("miniorch")
 }
 

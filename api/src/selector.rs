@@ -235,12 +235,12 @@ pub fn validate_key(key: &str) -> Result<(), SelectorError> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 253 || !crate::names::is_dns1123_subdomain(p) {
-            return Err(SelectorError(format!(
-                "unable to parse requirement: invalid label key {key:?}: prefix part must be a DNS-1123 subdomain"
-            )));
-        }
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !crate::names::is_dns1123_subdomain(p))
+    {
+        return Err(SelectorError(format!(
+            "unable to parse requirement: invalid label key {key:?}: prefix part must be a DNS-1123 subdomain"
+        )));
     }
     if !is_qualified_name_part(name) {
         return Err(SelectorError(format!(

@@ -251,21 +251,21 @@ pub fn decode_value<K: Kind>(
             K::KIND
         )));
     };
-    if let Some(av) = map.get("apiVersion").and_then(Value::as_str) {
-        if av != K::API_VERSION {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                K::API_VERSION
-            )));
-        }
+    if let Some(av) = map.get("apiVersion").and_then(Value::as_str)
+        && av != K::API_VERSION
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            K::API_VERSION
+        )));
     }
-    if let Some(kind) = map.get("kind").and_then(Value::as_str) {
-        if kind != K::KIND {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the data ({kind}) does not match the expected kind ({})",
-                K::KIND
-            )));
-        }
+    if let Some(kind) = map.get("kind").and_then(Value::as_str)
+        && kind != K::KIND
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            K::KIND
+        )));
     }
     let obj: K = serde_path_to_error::deserialize(&value).map_err(|e| {
         ApiError::bad_request(format!(
@@ -476,20 +476,19 @@ pub async fn list_objects<K: Kind>(
     if let (Some(name), true) = (
         filter.fields.required("metadata.name"),
         K::NAMESPACED == ns.is_some(),
-    ) {
-        if limit.is_none() {
-            let k = key::<K>(ns, name);
-            let page = st.store.range(k.as_bytes(), &[], revision, 0).await?;
-            let objs = page
-                .items
-                .iter()
-                .map(decode_item::<K>)
-                .collect::<ApiResult<Vec<K>>>()?
-                .into_iter()
-                .filter(|o| filter.matches(o))
-                .collect();
-            return Ok((objs, page.revision, None));
-        }
+    ) && limit.is_none()
+    {
+        let k = key::<K>(ns, name);
+        let page = st.store.range(k.as_bytes(), &[], revision, 0).await?;
+        let objs = page
+            .items
+            .iter()
+            .map(decode_item::<K>)
+            .collect::<ApiResult<Vec<K>>>()?
+            .into_iter()
+            .filter(|o| filter.matches(o))
+            .collect();
+        return Ok((objs, page.revision, None));
     }
     let mut out = Vec::new();
     // Read in chunks at one revision until the limit is filled with matching objects.
@@ -545,24 +544,23 @@ pub fn freshness(q: &Query) -> ApiResult<Option<Freshness>> {
 async fn list<K: Kind>(ep: &Typed<K>, st: &State, req: &ApiRequest) -> ApiResult<Response> {
     let filter = Filter::from_query::<K>(&req.query)?;
     let ns = req.path.namespace.as_deref();
-    if let Some(fresh) = freshness(&req.query)? {
-        if let Some((mut items, rv)) = ep.cache(st).list(ns, &filter, fresh).await {
-            let mut cont = None;
-            if let Some(limit) = req
-                .query
-                .int("limit")?
-                .filter(|l| *l > 0)
-                .map(|l| l as usize)
-            {
-                if items.len() > limit {
-                    let mut next = items[limit - 1].key.clone();
-                    next.push(0);
-                    cont = Some(encode_continue(rv, &next));
-                    items.truncate(limit);
-                }
-            }
-            return cached_list_response::<K>(req, &items, rv, cont);
+    if let Some(fresh) = freshness(&req.query)?
+        && let Some((mut items, rv)) = ep.cache(st).list(ns, &filter, fresh).await
+    {
+        let mut cont = None;
+        if let Some(limit) = req
+            .query
+            .int("limit")?
+            .filter(|l| *l > 0)
+            .map(|l| l as usize)
+            && items.len() > limit
+        {
+            let mut next = items[limit - 1].key.clone();
+            next.push(0);
+            cont = Some(encode_continue(rv, &next));
+            items.truncate(limit);
         }
+        return cached_list_response::<K>(req, &items, rv, cont);
     }
     let (objs, rev, cont) = list_objects::<K>(st, ns, &filter, &req.query).await?;
     list_response(req, &objs, rev, cont)
@@ -673,16 +671,16 @@ pub async fn create_object<K: Kind>(
     } else {
         meta.namespace = None;
     }
-    if meta.name.as_deref().unwrap_or("").is_empty() {
-        if let Some(base) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
-            use rand::Rng;
-            let mut rng = rand::rng();
-            let suffix: String = (0..5)
-                .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
-                .collect();
-            let base = if base.len() > 58 { &base[..58] } else { base };
-            meta.name = Some(format!("{base}{suffix}"));
-        }
+    if meta.name.as_deref().unwrap_or("").is_empty()
+        && let Some(base) = meta.generate_name.as_deref().filter(|g| !g.is_empty())
+    {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let suffix: String = (0..5)
+            .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
+            .collect();
+        let base = if base.len() > 58 { &base[..58] } else { base };
+        meta.name = Some(format!("{base}{suffix}"));
     }
     meta.uid = Some(uuid::Uuid::new_v4().to_string());
     meta.creation_timestamp = Some(now());
@@ -954,17 +952,17 @@ async fn update<K: Kind>(
             body.metadata().name.as_deref().unwrap_or("")
         )));
     }
-    if K::NAMESPACED {
-        if let (Some(given), Some(ns)) = (
+    if K::NAMESPACED
+        && let (Some(given), Some(ns)) = (
             body.metadata().namespace.as_deref(),
             req.path.namespace.as_deref(),
-        ) {
-            if !given.is_empty() && given != ns {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
-        }
+        )
+        && !given.is_empty()
+        && given != ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let ns = req.path.namespace.as_deref();
     let manager = req.manager(Operation::Update, sub)?;
@@ -1084,12 +1082,12 @@ fn delete_options(req: &ApiRequest) -> ApiResult<DeleteOptions> {
             opts.resource_version = p.resource_version;
         }
     }
-    if let Some(p) = opts.propagation_policy.as_deref() {
-        if !matches!(p, "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::bad_request(format!(
-                "propagationPolicy must be one of Orphan, Background, Foreground; got {p:?}"
-            )));
-        }
+    if let Some(p) = opts.propagation_policy.as_deref()
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy must be one of Orphan, Background, Foreground; got {p:?}"
+        )));
     }
     Ok(opts)
 }
@@ -1105,31 +1103,31 @@ pub async fn delete_object<K: Kind>(
     for _ in 0..64 {
         let (old, rev) = read::<K>(&st.store, ns, name).await?;
         let meta = old.metadata();
-        if let Some(uid) = opts.uid.as_deref() {
-            if meta.uid.as_deref() != Some(uid) {
-                return Err(ApiError::conflict(
-                    K::GROUP,
-                    K::URL_PATH_SEGMENT,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta.uid.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
+        if let Some(uid) = opts.uid.as_deref()
+            && meta.uid.as_deref() != Some(uid)
+        {
+            return Err(ApiError::conflict(
+                K::GROUP,
+                K::URL_PATH_SEGMENT,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta.uid.as_deref().unwrap_or("")
+                ),
+            ));
         }
-        if let Some(rv) = opts.resource_version.as_deref() {
-            if meta.resource_version.as_deref() != Some(rv) {
-                return Err(ApiError::conflict(
-                    K::GROUP,
-                    K::URL_PATH_SEGMENT,
-                    name,
-                    &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        meta.resource_version.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
+        if let Some(rv) = opts.resource_version.as_deref()
+            && meta.resource_version.as_deref() != Some(rv)
+        {
+            return Err(ApiError::conflict(
+                K::GROUP,
+                K::URL_PATH_SEGMENT,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta.resource_version.as_deref().unwrap_or("")
+                ),
+            ));
         }
         let mut obj = old.clone();
         let now = now();

@@ -29,16 +29,15 @@ pub fn object_meta<K: Kind>(meta: &ObjectMeta) -> Vec<FieldError> {
             }
         }
     }
-    if K::NAMESPACED {
-        if let Some(ns) = meta.namespace.as_deref() {
-            if !names::is_dns1123_label(ns) {
-                errs.push(FieldError::invalid(
-                    "metadata.namespace",
-                    ns,
-                    DNS1123_LABEL_MSG,
-                ));
-            }
-        }
+    if K::NAMESPACED
+        && let Some(ns) = meta.namespace.as_deref()
+        && !names::is_dns1123_label(ns)
+    {
+        errs.push(FieldError::invalid(
+            "metadata.namespace",
+            ns,
+            DNS1123_LABEL_MSG,
+        ));
     }
     errs.extend(labels("metadata.labels", meta.labels.as_ref()));
     if let Some(ann) = &meta.annotations {

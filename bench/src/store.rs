@@ -409,7 +409,7 @@ async fn load(
         let errors = errors.clone();
         let value = vec![b'v'; value_bytes];
         tasks.push(tokio::spawn(async move {
-            let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1) * 0x1000_0001);
+            let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x1000_0001));
             let mut lat = Vec::with_capacity(4096);
             let cas_key = format!("cas/{c:04}").into_bytes();
             let mut cas_rev = 0i64;

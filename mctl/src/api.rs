@@ -140,7 +140,7 @@ pub fn server_error(e: kube::Error) -> anyhow::Error {
     match e {
         kube::Error::Api(s) => {
             let invalid = (s.reason == "Invalid")
-                .then(|| s.details.as_ref())
+                .then_some(s.details.as_ref())
                 .flatten()
                 .map(|d| {
                     let causes = d

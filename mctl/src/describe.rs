@@ -243,19 +243,16 @@ fn pod(p: &Value) -> String {
     for c in spec["containers"].as_array().into_iter().flatten() {
         container(&mut s, c, &statuses);
     }
-    match status["conditions"].as_array().filter(|a| !a.is_empty()) {
-        Some(conds) => {
-            s.push_str("Conditions:\n  Type\tStatus\n");
-            for c in conds {
-                let _ = writeln!(
-                    s,
-                    "  {} \t{} ",
-                    str_or(&c["type"], ""),
-                    str_or(&c["status"], "")
-                );
-            }
+    if let Some(conds) = status["conditions"].as_array().filter(|a| !a.is_empty()) {
+        s.push_str("Conditions:\n  Type\tStatus\n");
+        for c in conds {
+            let _ = writeln!(
+                s,
+                "  {} \t{} ",
+                str_or(&c["type"], ""),
+                str_or(&c["status"], "")
+            );
         }
-        None => {}
     }
     let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
     if volumes.is_empty() {

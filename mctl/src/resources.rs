@@ -108,7 +108,7 @@ impl Resources {
                 && (r.plural == word
                     || r.singular == word
                     || r.kind.to_lowercase() == word
-                    || r.short_names.iter().any(|s| *s == word))
+                    || r.short_names.contains(&word))
         })
     }
 

@@ -124,10 +124,10 @@ async fn remove_containers(id: &str) -> anyhow::Result<usize> {
         ))
         .await?;
     for n in networks {
-        if let Some(name) = n.name {
-            if let Err(e) = docker.remove_network(&name).await {
-                eprintln!("warning: cannot remove network {name}: {e}");
-            }
+        if let Some(name) = n.name
+            && let Err(e) = docker.remove_network(&name).await
+        {
+            eprintln!("warning: cannot remove network {name}: {e}");
         }
     }
     Ok(removed)

@@ -32,7 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let p = c.ports;
     println!("miniorch cluster {} (data in {})", c.id, data.display());
-    println!("{:<12}{:<10}{:<9}{}", "COMPONENT", "STATE", "PID", "DETAIL");
+    println!("{:<12}{:<10}{:<9}DETAIL", "COMPONENT", "STATE", "PID");
     let mut all_up = true;
     for component in COMPONENTS {
         let pid = cluster::running_pid(&data, component);

@@ -69,12 +69,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             node_name: args.node_name.clone().unwrap_or_else(hostname),
         },
     };
-    if running.is_empty() {
-        if let Some((what, port)) = cluster.ports.first_in_use() {
-            anyhow::bail!(
-                "port {port} ({what}) is already in use on 127.0.0.1: stop what uses it, or start on other ports with `miniorch up --port-base 20000`"
-            );
-        }
+    if running.is_empty()
+        && let Some((what, port)) = cluster.ports.first_in_use()
+    {
+        anyhow::bail!(
+            "port {port} ({what}) is already in use on 127.0.0.1: stop what uses it, or start on other ports with `miniorch up --port-base 20000`"
+        );
     }
     let docker = miniorch_agent::runtime::docker::connect(None).await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Docker daemon ({e}): start Docker (e.g. `sudo systemctl start docker`) and run `miniorch up` again")

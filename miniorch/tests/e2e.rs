@@ -239,10 +239,10 @@ fn e2e_pod_lifecycle_from_mctl_to_docker_and_back() {
     let pod_ip = loop {
         let out = run(c.mctl().args(["get", "pod", "web", "-o", "json"]));
         let pod: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if pod["status"]["phase"] == "Running" {
-            if let Some(ip) = pod["status"]["podIP"].as_str() {
-                break ip.to_string();
-            }
+        if pod["status"]["phase"] == "Running"
+            && let Some(ip) = pod["status"]["podIP"].as_str()
+        {
+            break ip.to_string();
         }
         assert!(
             Instant::now() < deadline,

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use support::{Lab, POD_IP};
 use miniorch_apiserver::testing::{ControlPlane, eventually, free_port};
+use support::{Lab, POD_IP};
 use tokio_util::sync::CancellationToken;
 
 async fn http_get(port: u16, path: &str) -> Option<String> {

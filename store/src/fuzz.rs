@@ -67,10 +67,9 @@ fn step(sm: &mut Mvcc, be: &mut MemBackend, tag: u8, msg: &[u8]) {
         _ => {
             if let Some(r) =
                 decode::<RangeRequest>(msg).filter(|r| validate::check_range(r).is_ok())
+                && let Ok(plan) = sm.plan_range(&r, sm.revision())
             {
-                if let Ok(plan) = sm.plan_range(&r, sm.revision()) {
-                    execute_range(be, &r, plan).expect("a planned range reads what it planned");
-                }
+                execute_range(be, &r, plan).expect("a planned range reads what it planned");
             }
             None
         }

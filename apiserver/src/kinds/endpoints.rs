@@ -116,14 +116,14 @@ impl Kind for EndpointSlice {
             }
         }
         for (i, p) in self.ports.iter().flatten().enumerate() {
-            if let Some(port) = p.port {
-                if !(1..=65535).contains(&port) {
-                    errs.push(FieldError::invalid(
-                        format!("ports[{i}].port"),
-                        port,
-                        "must be between 1 and 65535, inclusive",
-                    ));
-                }
+            if let Some(port) = p.port
+                && !(1..=65535).contains(&port)
+            {
+                errs.push(FieldError::invalid(
+                    format!("ports[{i}].port"),
+                    port,
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
         }
         errs

@@ -45,10 +45,10 @@ impl Kind for Event {
 
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        if let Some(t) = self.type_.as_deref() {
-            if !matches!(t, "Normal" | "Warning") {
-                errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
-            }
+        if let Some(t) = self.type_.as_deref()
+            && !matches!(t, "Normal" | "Warning")
+        {
+            errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
         }
         let ns = self.metadata.namespace.as_deref().unwrap_or("");
         if let Some(ons) = self
@@ -56,14 +56,13 @@ impl Kind for Event {
             .namespace
             .as_deref()
             .filter(|n| !n.is_empty())
+            && ons != ns
         {
-            if ons != ns {
-                errs.push(FieldError::invalid(
-                    "involvedObject.namespace",
-                    ons,
-                    "does not match event.namespace",
-                ));
-            }
+            errs.push(FieldError::invalid(
+                "involvedObject.namespace",
+                ons,
+                "does not match event.namespace",
+            ));
         }
         errs
     }

@@ -14,23 +14,23 @@ impl Kind for Lease {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if let Some(spec) = &self.spec {
-            if let Some(d) = spec.lease_duration_seconds {
-                if d <= 0 {
-                    errs.push(FieldError::invalid(
-                        "spec.leaseDurationSeconds",
-                        d,
-                        "must be greater than 0",
-                    ));
-                }
+            if let Some(d) = spec.lease_duration_seconds
+                && d <= 0
+            {
+                errs.push(FieldError::invalid(
+                    "spec.leaseDurationSeconds",
+                    d,
+                    "must be greater than 0",
+                ));
             }
-            if let Some(t) = spec.lease_transitions {
-                if t < 0 {
-                    errs.push(FieldError::invalid(
-                        "spec.leaseTransitions",
-                        t,
-                        "must be greater than or equal to 0",
-                    ));
-                }
+            if let Some(t) = spec.lease_transitions
+                && t < 0
+            {
+                errs.push(FieldError::invalid(
+                    "spec.leaseTransitions",
+                    t,
+                    "must be greater than or equal to 0",
+                ));
             }
         }
         errs

@@ -30,14 +30,14 @@ impl Kind for Node {
 
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        if let Some(cidr) = self.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-            if !is_cidr(cidr) {
-                errs.push(FieldError::invalid(
-                    "spec.podCIDR",
-                    cidr,
-                    "must be a valid CIDR (e.g. 10.244.0.0/24)",
-                ));
-            }
+        if let Some(cidr) = self.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())
+            && !is_cidr(cidr)
+        {
+            errs.push(FieldError::invalid(
+                "spec.podCIDR",
+                cidr,
+                "must be a valid CIDR (e.g. 10.244.0.0/24)",
+            ));
         }
         for (i, t) in self
             .spec

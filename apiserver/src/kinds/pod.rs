@@ -352,14 +352,14 @@ pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
             }
         }
     }
-    if let Some(p) = spec.restart_policy.as_deref() {
-        if !matches!(p, "Always" | "OnFailure" | "Never") {
-            errs.push(FieldError::not_supported(
-                format!("{path}.restartPolicy"),
-                p,
-                &["Always", "OnFailure", "Never"],
-            ));
-        }
+    if let Some(p) = spec.restart_policy.as_deref()
+        && !matches!(p, "Always" | "OnFailure" | "Never")
+    {
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            p,
+            &["Always", "OnFailure", "Never"],
+        ));
     }
     if let Some(p) = spec.dns_policy.as_deref() {
         let ok = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
@@ -371,32 +371,32 @@ pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
             ));
         }
     }
-    if let Some(g) = spec.termination_grace_period_seconds {
-        if g < 0 {
-            errs.push(FieldError::invalid(
-                format!("{path}.terminationGracePeriodSeconds"),
-                g,
-                "must be greater than or equal to 0",
-            ));
-        }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than or equal to 0",
+        ));
     }
-    if let Some(d) = spec.active_deadline_seconds {
-        if d <= 0 {
-            errs.push(FieldError::invalid(
-                format!("{path}.activeDeadlineSeconds"),
-                d,
-                "must be between 1 and 2147483647, inclusive",
-            ));
-        }
+    if let Some(d) = spec.active_deadline_seconds
+        && d <= 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            d,
+            "must be between 1 and 2147483647, inclusive",
+        ));
     }
-    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        if !miniorch_api::names::is_dns1123_subdomain(n) {
-            errs.push(FieldError::invalid(
-                format!("{path}.nodeName"),
-                n,
-                miniorch_api::names::DNS1123_SUBDOMAIN_MSG,
-            ));
-        }
+    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty())
+        && !miniorch_api::names::is_dns1123_subdomain(n)
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.nodeName"),
+            n,
+            miniorch_api::names::DNS1123_SUBDOMAIN_MSG,
+        ));
     }
     errs.extend(validation::labels(
         &format!("{path}.nodeSelector"),
@@ -441,23 +441,23 @@ fn validate_container(f: &str, c: &Container, errs: &mut Vec<FieldError>) {
                 "must be between 1 and 65535, inclusive",
             ));
         }
-        if let Some(hp) = p.host_port {
-            if !(0..=65535).contains(&hp) {
-                errs.push(FieldError::invalid(
-                    format!("{pf}.hostPort"),
-                    hp,
-                    "must be between 1 and 65535, inclusive",
-                ));
-            }
+        if let Some(hp) = p.host_port
+            && !(0..=65535).contains(&hp)
+        {
+            errs.push(FieldError::invalid(
+                format!("{pf}.hostPort"),
+                hp,
+                "must be between 1 and 65535, inclusive",
+            ));
         }
-        if let Some(proto) = p.protocol.as_deref() {
-            if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                errs.push(FieldError::not_supported(
-                    format!("{pf}.protocol"),
-                    proto,
-                    &["SCTP", "TCP", "UDP"],
-                ));
-            }
+        if let Some(proto) = p.protocol.as_deref()
+            && !matches!(proto, "TCP" | "UDP" | "SCTP")
+        {
+            errs.push(FieldError::not_supported(
+                format!("{pf}.protocol"),
+                proto,
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
         if let Some(n) = p.name.as_deref() {
             if n.len() > 15
@@ -489,14 +489,14 @@ fn validate_container(f: &str, c: &Container, errs: &mut Vec<FieldError>) {
         }
         for (k, req) in r.requests.iter().flatten() {
             let limit = r.limits.as_ref().and_then(|l| l.get(k));
-            if let (Some(limit), Ok(rq)) = (limit, miniorch_api::quantity::milli_value(req)) {
-                if miniorch_api::quantity::milli_value(limit).is_ok_and(|l| rq > l) {
-                    errs.push(FieldError::invalid(
-                        format!("{f}.resources.requests"),
-                        &req.0,
-                        &format!("must be less than or equal to {k} limit of {}", limit.0),
-                    ));
-                }
+            if let (Some(limit), Ok(rq)) = (limit, miniorch_api::quantity::milli_value(req))
+                && miniorch_api::quantity::milli_value(limit).is_ok_and(|l| rq > l)
+            {
+                errs.push(FieldError::invalid(
+                    format!("{f}.resources.requests"),
+                    &req.0,
+                    &format!("must be less than or equal to {k} limit of {}", limit.0),
+                ));
             }
         }
     }
@@ -522,10 +522,9 @@ fn pod_cells(pod: &Pod, now: jiff::Timestamp) -> Vec<Value> {
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
             .and_then(|t| t.finished_at.as_ref())
+            && last_restart.is_none_or(|l| l < t.0)
         {
-            if last_restart.is_none_or(|l| l < t.0) {
-                last_restart = Some(t.0);
-            }
+            last_restart = Some(t.0);
         }
     };
     let mut initializing = false;
@@ -698,15 +697,15 @@ pub async fn bind(st: &State, req: &ApiRequest) -> ApiResult<Response> {
             Some(Subresource::Binding),
         )?,
         |pod| {
-            if let Some(uid) = uid.as_deref().filter(|u| !u.is_empty()) {
-                if pod.metadata.uid.as_deref() != Some(uid) {
-                    return Err(ApiError::conflict(
-                        "",
-                        "pods",
-                        name,
-                        "the UID in the binding does not match the pod",
-                    ));
-                }
+            if let Some(uid) = uid.as_deref().filter(|u| !u.is_empty())
+                && pod.metadata.uid.as_deref() != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    "",
+                    "pods",
+                    name,
+                    "the UID in the binding does not match the pod",
+                ));
             }
             if pod.metadata.deletion_timestamp.is_some() {
                 return Err(ApiError::conflict(

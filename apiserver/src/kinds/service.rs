@@ -187,28 +187,27 @@ impl Kind for Service {
             .cluster_ip
             .as_deref()
             .filter(|ip| !ip.is_empty() && *ip != "None")
+            && ip.parse::<Ipv4Addr>().is_err()
         {
-            if ip.parse::<Ipv4Addr>().is_err() {
-                errs.push(FieldError::invalid(
-                    "spec.clusterIPs[0]",
-                    ip,
-                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-                ));
-            }
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         let mut seen = std::collections::HashSet::new();
         for (i, p) in ports.iter().enumerate() {
             validate_port(i, p, ports.len(), type_, &mut names, &mut seen, &mut errs);
         }
-        if let Some(a) = spec.session_affinity.as_deref() {
-            if !matches!(a, "None" | "ClientIP") {
-                errs.push(FieldError::not_supported(
-                    "spec.sessionAffinity",
-                    a,
-                    &["ClientIP", "None"],
-                ));
-            }
+        if let Some(a) = spec.session_affinity.as_deref()
+            && !matches!(a, "None" | "ClientIP")
+        {
+            errs.push(FieldError::not_supported(
+                "spec.sessionAffinity",
+                a,
+                &["ClientIP", "None"],
+            ));
         }
         errs.extend(validation::labels("spec.selector", spec.selector.as_ref()));
         errs
@@ -271,14 +270,13 @@ impl Kind for Service {
             return Vec::new();
         };
         let mut keys = Vec::new();
-        if service_type(self) != "ExternalName" {
-            if let Some(ip) = spec
+        if service_type(self) != "ExternalName"
+            && let Some(ip) = spec
                 .cluster_ip
                 .as_deref()
                 .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
-            {
-                keys.push(format!("{IP_KEYS}{ip}"));
-            }
+        {
+            keys.push(format!("{IP_KEYS}{ip}"));
         }
         if has_node_ports(self) {
             for p in spec.ports.iter().flatten() {
@@ -310,23 +308,23 @@ impl Kind for Service {
                 }
                 Some(ip) if ip == "None" => spec.cluster_ips = Some(vec!["None".into()]),
                 Some(ip) => {
-                    if let Ok(addr) = ip.parse::<Ipv4Addr>() {
-                        if !range.contains(addr) && !(addr == range.first() && name == "kubernetes")
-                        {
-                            return Err(ApiError::invalid(
-                                "",
-                                "Service",
-                                &name,
-                                &[FieldError::invalid(
-                                    "spec.clusterIPs",
-                                    &ip,
-                                    &format!(
-                                        "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
-                                        st.services.ips_text
-                                    ),
-                                )],
-                            ));
-                        }
+                    if let Ok(addr) = ip.parse::<Ipv4Addr>()
+                        && !range.contains(addr)
+                        && !(addr == range.first() && name == "kubernetes")
+                    {
+                        return Err(ApiError::invalid(
+                            "",
+                            "Service",
+                            &name,
+                            &[FieldError::invalid(
+                                "spec.clusterIPs",
+                                &ip,
+                                &format!(
+                                    "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
+                                    st.services.ips_text
+                                ),
+                            )],
+                        ));
                     }
                     spec.cluster_ips = Some(vec![ip]);
                 }

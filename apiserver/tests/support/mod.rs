@@ -156,12 +156,11 @@ impl Api {
             if let Ok(out) = Command::new("curl")
                 .args(["-sf", &format!("{}/readyz", self.url)])
                 .output()
+                && out.status.success()
             {
-                if out.status.success() {
-                    // The system namespaces are created just after the store answers.
-                    if self.kubectl(&["get", "ns", "default"]).status.success() {
-                        return;
-                    }
+                // The system namespaces are created just after the store answers.
+                if self.kubectl(&["get", "ns", "default"]).status.success() {
+                    return;
                 }
             }
             assert!(

@@ -97,7 +97,7 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_round_times_out() {
         let c = Coalesce::start(
-            || std::future::pending::<Round<String>>(),
+            std::future::pending::<Round<String>>,
             Duration::from_millis(10),
             "timeout".to_string(),
         );

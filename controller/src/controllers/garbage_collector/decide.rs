@@ -321,7 +321,7 @@ mod tests {
     fn meta(uid: &str, deleting: bool, finalizers: &[&str]) -> ObjectMeta {
         ObjectMeta {
             uid: Some(uid.into()),
-            deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+            deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
             finalizers: Some(finalizers.iter().map(|f| f.to_string()).collect()),
             ..Default::default()
         }
