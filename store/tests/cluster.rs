@@ -6,41 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Kind, Server, free_port};
+use common::{Kind, Server, cluster, free_port};
 use miniorch_store::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use miniorch_store::pb::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest, StatusRequest};
-
-fn cluster(dir: &std::path::Path, n: usize) -> Vec<Server> {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Server> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| {
-            Server::member(
-                Kind::Miniorch,
-                &format!("m{i}"),
-                &dir.join(format!("m{i}")),
-                *c,
-                *p,
-                &initial,
-                &[],
-            )
-        })
-        .collect();
-    for m in &mut members {
-        m.spawn();
-    }
-    for m in &mut members {
-        m.wait_ready();
-    }
-    members
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

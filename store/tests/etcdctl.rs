@@ -370,3 +370,173 @@ fn leases() {
     assert_eq!(s.ctl_ok(&["get", "short"]), "");
     assert_eq!(s.ctl_ok(&["lease", "list"]), "found 0 leases\n");
 }
+
+/// The same commands against a 3-member cluster, each through a different member: one leader
+/// and equal raft indexes in `endpoint status`, reads that see writes made elsewhere, `txn`,
+/// `watch --rev`, leases kept alive and expired by the leader only, `compaction`, and
+/// membership changes.
+#[test]
+fn three_member_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ms = common::cluster(dir.path(), 3);
+    let all = ms
+        .iter()
+        .map(|m| m.endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    let status = || {
+        let out = Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &all, "endpoint", "status", "-w", "table"])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Rows: ENDPOINT | ID | VERSION | DB SIZE | IS LEADER | IS LEARNER | RAFT TERM | RAFT INDEX | ...
+    let rows = |table: &str| -> Vec<Vec<String>> {
+        table
+            .lines()
+            .filter(|l| l.starts_with("| http"))
+            .map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect()
+    };
+
+    // Writes through each member, reads through every other one.
+    for (i, m) in ms.iter().enumerate() {
+        assert_eq!(
+            m.ctl_ok(&["put", &format!("k{i}"), &format!("v{i}")]),
+            "OK\n"
+        );
+    }
+    for m in &ms {
+        assert_eq!(
+            m.ctl_ok(&["get", "k", "--prefix", "--print-value-only"]),
+            "v0\nv1\nv2\n"
+        );
+    }
+    // One leader, one term, and (once the followers have caught up) one raft index.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = status();
+        let r = rows(&table);
+        assert_eq!(r.len(), 3, "{table}");
+        assert_eq!(
+            r.iter().filter(|row| row[4] == "true").count(),
+            1,
+            "one leader: {table}"
+        );
+        let same = |col: usize| r.iter().all(|row| row[col] == r[0][col]);
+        if same(6) && same(7) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "raft indexes never agreed: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A transaction through a follower.
+    let out = ms[1].ctl_stdin(
+        &["txn"],
+        Some("value(\"k0\") = \"v0\"\n\nput k0 swapped\n\nput k0 lost\n\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n");
+    assert_eq!(
+        ms[2].ctl_ok(&["get", "k0", "--print-value-only"]),
+        "swapped\n"
+    );
+
+    // A watch from an old revision through another member: history, then live events.
+    let w = Watch::start(&ms[2], &["k0", "--rev", "1"]);
+    assert_eq!(w.next(3), ["PUT", "k0", "v0"]);
+    assert_eq!(w.next(3), ["PUT", "k0", "swapped"]);
+    ms[0].ctl_ok(&["put", "k0", "live"]);
+    assert_eq!(w.next(3), ["PUT", "k0", "live"]);
+
+    // Leases: granted through one member, kept alive through another; a short one expires
+    // (the leader revokes it) and takes its key along everywhere.
+    let granted = ms[0].ctl_ok(&["lease", "grant", "60"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    ms[1].ctl_ok(&["put", "--lease", &id, "leased", "v"]);
+    assert_eq!(
+        ms[2].ctl_ok(&["lease", "keep-alive", "--once", &id]),
+        format!("lease {id} keepalived with TTL(60)\n")
+    );
+    let ttl = ms[1].ctl_ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.ends_with("attached keys([leased])\n"), "{ttl}");
+    let short = ms[2].ctl_ok(&["lease", "grant", "2"]);
+    let short = short.split_whitespace().nth(1).unwrap().to_string();
+    ms[2].ctl_ok(&["put", "--lease", &short, "short", "v"]);
+    let gone = Watch::start(&ms[1], &["short", "--rev", "1"]);
+    assert_eq!(gone.next(3), ["PUT", "short", "v"]);
+    assert_eq!(gone.next(3), ["DELETE", "short", ""]);
+    for m in &ms {
+        assert_eq!(m.ctl_ok(&["get", "short"]), "");
+    }
+
+    // Compaction through a follower applies everywhere.
+    let rev = json(&ms[0].ctl_ok(&["get", "k0", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    assert_eq!(
+        ms[1].ctl_ok(&["compaction", &rev.to_string()]),
+        format!("compacted revision {rev}\n")
+    );
+    for m in &ms {
+        let old = m.ctl(&["get", "k0", "--rev", "2"]);
+        assert!(
+            String::from_utf8_lossy(&old.stderr)
+                .contains("etcdserver: mvcc: required revision has been compacted"),
+            "{}",
+            String::from_utf8_lossy(&old.stderr)
+        );
+    }
+
+    // Membership: a learner added and removed again; the list shows it in between.
+    let out = ms[0].ctl_ok(&[
+        "member",
+        "add",
+        "extra",
+        "--peer-urls",
+        "http://127.0.0.1:1",
+        "--learner",
+    ]);
+    // "Member 5c9b4c8a2d4e1f00 added to cluster 3b1d..."
+    assert!(
+        out.starts_with("Member ") && out.contains(" added to cluster "),
+        "{out}"
+    );
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("member id")
+        .to_string();
+    let listed = ms[1].ctl_ok(&["member", "list"]);
+    assert!(
+        listed.contains("unstarted") && listed.contains("http://127.0.0.1:1"),
+        "{listed}"
+    );
+    ms[2].ctl_ok(&["member", "remove", &id]);
+    let listed = ms[0].ctl_ok(&["member", "list"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+}

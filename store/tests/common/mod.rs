@@ -291,3 +291,37 @@ impl Drop for Server {
         self.kill9();
     }
 }
+
+/// An `n`-member miniorch-store cluster bootstrapped from `--initial-cluster` (members `m0`..),
+/// each serving once started.
+pub fn cluster(dir: &std::path::Path, n: usize) -> Vec<Server> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Server> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| {
+            Server::member(
+                Kind::Miniorch,
+                &format!("m{i}"),
+                &dir.join(format!("m{i}")),
+                *c,
+                *p,
+                &initial,
+                &[],
+            )
+        })
+        .collect();
+    for m in &mut members {
+        m.spawn();
+    }
+    for m in &mut members {
+        m.wait_ready();
+    }
+    members
+}
