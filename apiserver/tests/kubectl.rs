@@ -403,6 +403,53 @@ fn namespaces_and_system_objects() {
         )
         .into_owned();
         assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+        // The apiserver's own endpoints, as tables with upstream columns.
+        let ep = api.ok(&["get", "endpoints", "kubernetes"]);
+        assert!(
+            ep.starts_with("NAME") && ep.contains("ENDPOINTS") && ep.contains("kubernetes"),
+            "{ep}"
+        );
+        let slices = api.ok(&["get", "endpointslices"]);
+        assert!(
+            slices.contains("ADDRESSTYPE") && slices.contains("IPv4"),
+            "{slices}"
+        );
+        // Events: applied like any object, selected by the object they are about.
+        let event = "apiVersion: v1\nkind: Event\nmetadata:\n  name: web.1\ninvolvedObject:\n  kind: Pod\n  name: web\n  namespace: default\nreason: Testing\nmessage: hello from a test\ntype: Normal\n";
+        assert!(
+            api.kubectl_stdin(&["apply", "-f", "-"], Some(event))
+                .status
+                .success()
+        );
+        let events = api.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+        ]);
+        assert!(
+            events.contains("LAST SEEN")
+                && events.contains("Testing")
+                && events.contains("hello from a test"),
+            "{events}"
+        );
+        let none = api.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=other",
+        ]);
+        assert!(
+            text(&none).contains("No resources found"),
+            "{}",
+            text(&none)
+        );
+        let leases = api.kubectl(&["get", "leases", "-n", "kube-node-lease"]);
+        assert!(
+            text(&leases).contains("No resources found in kube-node-lease namespace."),
+            "{}",
+            text(&leases)
+        );
         let resources = api.ok(&["api-resources"]);
         for r in [
             "pods",
