@@ -506,7 +506,13 @@ struct Owner {
 
 impl Owner {
     fn is(&self, m: &Manager) -> bool {
-        self.manager == m.name && self.operation == m.operation && self.subresource == m.subresource
+        self.is_entry(&m.name, m.operation, &m.subresource)
+    }
+
+    /// Whether this is the entry of `manager` for `operation` through `subresource`: one per
+    /// such triple.
+    fn is_entry(&self, manager: &str, operation: Operation, subresource: &Option<String>) -> bool {
+        self.manager == manager && self.operation == operation && &self.subresource == subresource
     }
 
     /// The manager as upstream names it in a conflict (`printManager`).
@@ -541,11 +547,10 @@ fn decode(entries: &[ManagedFieldsEntry]) -> Vec<Owner> {
                 .unwrap_or_default(),
         };
         // One entry per manager: duplicates (written by a client) are merged.
-        match owners.iter_mut().find(|o| {
-            o.manager == owner.manager
-                && o.operation == owner.operation
-                && o.subresource == owner.subresource
-        }) {
+        match owners
+            .iter_mut()
+            .find(|o| o.is_entry(&owner.manager, owner.operation, &owner.subresource))
+        {
             Some(o) => o.set = o.set.union(&owner.set),
             None => owners.push(owner),
         }
