@@ -69,8 +69,7 @@ fn kubectl_apply_get_describe_label_delete() {
         ] {
             assert!(yaml.contains(want), "missing default {want:?} in\n{yaml}");
         }
-        let json: serde_json::Value =
-            serde_json::from_str(&api.ok(&["get", "pod", "web", "-o", "json"])).expect("json");
+        let json = api.json(&["get", "pod", "web"]);
         assert!(
             json["metadata"]["uid"]
                 .as_str()
@@ -197,8 +196,7 @@ fn kubectl_patch_types_and_conflicts() {
             ])
             .contains("patched")
         );
-        let json: serde_json::Value =
-            serde_json::from_str(&api.ok(&["get", "pod", "web", "-o", "json"])).expect("json");
+        let json = api.json(&["get", "pod", "web"]);
         assert_eq!(json["metadata"]["labels"]["a"], "1");
         assert_eq!(json["metadata"]["labels"]["b"], "2");
         assert_eq!(json["spec"]["containers"][0]["image"], "miniorch/demo:2");
@@ -492,8 +490,7 @@ fn kubectl_create_generators_send_protobuf() {
             ])
             .contains("created")
         );
-        let svc: serde_json::Value =
-            serde_json::from_str(&api.ok(&["get", "svc", "web", "-o", "json"])).expect("json");
+        let svc = api.json(&["get", "svc", "web"]);
         assert_eq!(svc["spec"]["type"], "NodePort");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
         assert_eq!(svc["spec"]["selector"]["app"], "web");
@@ -584,8 +581,7 @@ fn kubectl_reapply_removes_what_the_manifest_dropped() {
             "{}",
             text(&out)
         );
-        let d: serde_json::Value =
-            serde_json::from_str(&api.ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
+        let d = api.json(&["get", "deploy", "web"]);
         let containers = d["spec"]["template"]["spec"]["containers"]
             .as_array()
             .expect("containers");

@@ -208,12 +208,6 @@ fn headers(out: &str) -> Vec<String> {
         .collect()
 }
 
-fn json(api: &Api, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&api.ok(&a)).expect("kubectl -o json")
-}
-
 fn apply(api: &Api, manifest: &str) -> std::process::Output {
     api.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))
 }
@@ -448,7 +442,7 @@ fn workloads_apply_get_wide_all_and_describe() {
         );
 
         // Server-side defaults and generation.
-        let d = json(&api, &["get", "deploy", "web"]);
+        let d = api.json(&["get", "deploy", "web"]);
         assert_eq!(d["metadata"]["generation"], 1);
         assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
@@ -466,9 +460,9 @@ fn workloads_apply_get_wide_all_and_describe() {
             pod.get("tolerations").is_none(),
             "pod-only defaults stay off templates"
         );
-        let rs = json(&api, &["get", "rs", "front"]);
+        let rs = api.json(&["get", "rs", "front"]);
         assert_eq!(rs["spec"]["replicas"], 1);
-        let ds = json(&api, &["get", "ds", "agent"]);
+        let ds = api.json(&["get", "ds", "agent"]);
         assert_eq!(
             ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
             1
@@ -479,7 +473,7 @@ fn workloads_apply_get_wide_all_and_describe() {
             ds["metadata"]["annotations"]["deprecated.daemonset.template.generation"],
             "1"
         );
-        let sts = json(&api, &["get", "sts", "db"]);
+        let sts = api.json(&["get", "sts", "db"]);
         assert_eq!(sts["spec"]["replicas"], 1);
         assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
         assert_eq!(
@@ -494,7 +488,7 @@ fn workloads_apply_get_wide_all_and_describe() {
             sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
             "Retain"
         );
-        let job = json(&api, &["get", "job", "pi"]);
+        let job = api.json(&["get", "job", "pi"]);
         let uid = job["metadata"]["uid"].as_str().expect("uid").to_string();
         assert_eq!(job["spec"]["parallelism"], 1);
         assert_eq!(job["spec"]["completions"], 1);
@@ -509,12 +503,12 @@ fn workloads_apply_get_wide_all_and_describe() {
         assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
         assert_eq!(labels["job-name"], "pi");
         assert_eq!(labels["controller-uid"], uid.as_str());
-        let cj = json(&api, &["get", "cj", "hello"]);
+        let cj = api.json(&["get", "cj", "hello"]);
         assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
         assert_eq!(cj["spec"]["suspend"], false);
         assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
         assert_eq!(cj["spec"]["failedJobsHistoryLimit"], 1);
-        let hpa = json(&api, &["get", "hpa", "web"]);
+        let hpa = api.json(&["get", "hpa", "web"]);
         assert_eq!(hpa["apiVersion"], "autoscaling/v2");
         assert_eq!(hpa["spec"]["minReplicas"], 1);
 
@@ -585,7 +579,7 @@ fn scale_status_and_generation() {
             assert!(apply(&api, &doc(kind)).status.success());
         }
         let spec_and_generation = |what: &str| {
-            let v = json(&api, &["get", what]);
+            let v = api.json(&["get", what]);
             (
                 v["spec"]["replicas"].clone(),
                 v["metadata"]["generation"].clone(),
@@ -675,7 +669,7 @@ fn scale_status_and_generation() {
             "-p",
             r#"{"metadata":{"annotations":{"deployment.kubernetes.io/revision":"1"},"labels":{"x":"y"}}}"#,
         ]);
-        let d = json(&api, &["get", "deploy", "web"]);
+        let d = api.json(&["get", "deploy", "web"]);
         assert_eq!(
             d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
             "1"
@@ -788,7 +782,7 @@ fn create_generators_secrets_and_field_selectors() {
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\ntype: kubernetes.io/tls\ndata:\n  tls.crt: Y2VydA==\nstringData:\n  tls.key: key\n",
         );
         assert!(out.status.success(), "{}", text(&out));
-        let s = json(&api, &["get", "secret", "tls"]);
+        let s = api.json(&["get", "secret", "tls"]);
         assert_eq!(s["data"]["tls.crt"], "Y2VydA==");
         assert_eq!(s["data"]["tls.key"], "a2V5");
         assert!(s.get("stringData").is_none(), "{s}");
@@ -1020,7 +1014,7 @@ fn hpa_is_served_in_v1_and_v2() {
                 .status
                 .success()
         );
-        let v1 = json(&api, &["get", V1, "web"]);
+        let v1 = api.json(&["get", V1, "web"]);
         assert_eq!(v1["apiVersion"], "autoscaling/v1");
         assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
         assert_eq!(v1["spec"]["minReplicas"], 1);
@@ -1029,7 +1023,7 @@ fn hpa_is_served_in_v1_and_v2() {
         let out = apply(&api, HPA_V1);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&apply(&api, HPA_V1)).contains("unchanged"));
-        let v2 = json(&api, &["get", "hpa", "front"]);
+        let v2 = api.json(&["get", "hpa", "front"]);
         assert_eq!(v2["apiVersion"], "autoscaling/v2");
         assert_eq!(v2["spec"]["metrics"][0]["type"], "Resource");
         assert_eq!(v2["spec"]["metrics"][0]["resource"]["name"], "cpu");
@@ -1041,25 +1035,22 @@ fn hpa_is_served_in_v1_and_v2() {
             v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
             70
         );
-        assert_eq!(json(&api, &["get", V2, "front"])["spec"]["minReplicas"], 2);
+        assert_eq!(api.json(&["get", V2, "front"])["spec"]["minReplicas"], 2);
 
         // v2-only fields survive a patch through v1.
         assert!(apply(&api, HPA_V2_TWO_METRICS).status.success());
-        let patched = json(
-            &api,
-            &[
-                "patch",
-                V1,
-                "busy",
-                "--type",
-                "merge",
-                "-p",
-                r#"{"spec":{"maxReplicas":8,"targetCPUUtilizationPercentage":65}}"#,
-            ],
-        );
+        let patched = api.json(&[
+            "patch",
+            V1,
+            "busy",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"maxReplicas":8,"targetCPUUtilizationPercentage":65}}"#,
+        ]);
         assert_eq!(patched["apiVersion"], "autoscaling/v1");
         assert_eq!(patched["spec"]["maxReplicas"], 8);
-        let v2 = json(&api, &["get", "hpa", "busy"]);
+        let v2 = api.json(&["get", "hpa", "busy"]);
         assert_eq!(v2["spec"]["maxReplicas"], 8);
         let metrics = v2["spec"]["metrics"].as_array().expect("metrics");
         assert_eq!(metrics.len(), 2, "{v2}");

@@ -235,6 +235,13 @@ impl Api {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl <args> -o json` that must succeed, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("kubectl -o json")
+    }
+
     /// kubectl that must fail; its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
