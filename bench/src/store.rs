@@ -6,6 +6,9 @@
 //!
 //! Both clusters run at the same time and every load step runs on one right after the other,
 //! so a noisy disk or a busy core hurts both alike.
+//!
+//! `BENCH_STORE_LOG` sets the members' `RUST_LOG` (default `warn`), to see inside a slow step:
+//! `BENCH_STORE_LOG=miniorch_store=trace` logs every log write and apply with its duration.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -215,7 +218,10 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-token", "bench"])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_STORE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
