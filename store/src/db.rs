@@ -1,11 +1,12 @@
-//! The member's databases, two redb files in `<data-dir>/member/`: `raft.redb` holds the Raft
-//! log and vote, `db.redb` the state machine (MVCC history, leases, applied position).
+//! The member's state-machine database, a redb file at `<data-dir>/member/db.redb`: MVCC
+//! history, leases, members and the applied position. The Raft log is not here: it is the
+//! write-ahead log in `<data-dir>/member/wal/` ([`crate::raft::wal`]).
 //!
-//! Two files let a log append be made durable (one fsync) while the state machine applies the
-//! entries before it: each file has its own writer. The state machine commits without fsync
-//! and checkpoints (a durable commit) now and then and before every snapshot; after a crash the
-//! applied position read back matches the data read back, and openraft replays the rest of the
-//! log, which is never purged past a checkpoint.
+//! The log and this file each have their own writer, so a log append is made durable (one
+//! fsync) while the state machine applies the entries before it. The state machine commits
+//! without fsync and checkpoints (a durable commit) now and then and before every snapshot;
+//! after a crash the applied position read back matches the data read back, and openraft
+//! replays the rest of the log, which is never purged past a checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +16,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::mvcc::{Backend, BackendMut, Revision, StorageError};
 use crate::pb::storepb::Record;
 
-/// Raft log entries by index (`LogEntry` protobuf).
+/// Raft log entries by index (`LogEntry` protobuf), in `raft.redb`, where data dirs written
+/// before the write-ahead log kept them (read once, to move them).
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft's own state: `vote`, `committed`, `purged` (JSON).
+/// Raft's own state in `raft.redb`: `vote`, `committed`, `purged` (JSON).
 pub const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 /// MVCC history: `(main, sub)` revision → `Record` protobuf.
 pub const KV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv");
@@ -81,7 +83,7 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("db.redb")
 }
 
-/// The Raft log database inside a data directory.
+/// The Raft log database of data dirs written before the write-ahead log.
 pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("raft.redb")
 }
@@ -99,7 +101,7 @@ impl Db {
         })
     }
 
-    /// Opens (or creates) the Raft log database of `data_dir`.
+    /// Opens the Raft log database of an older data dir (see [`log_path`]).
     pub fn open_log(data_dir: &Path, cache_bytes: usize) -> Result<Db, OpenError> {
         Self::open_file(log_path(data_dir), cache_bytes, |txn| {
             txn.open_table(LOG)?;

@@ -45,10 +45,6 @@ use crate::raft::network::{MAX_PEER_MESSAGE, Network};
 use crate::raft::{Member, Raft};
 use crate::server::{Limits, Node};
 
-/// Page cache of the log database: recent entries are served from the log store's own cache,
-/// so the file is mostly written, rarely read.
-const LOG_CACHE_BYTES: usize = 4 << 20;
-
 /// gRPC framing allowance on top of the largest request, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
@@ -76,15 +72,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // 3. The databases and the state machine rebuilt from them.
     let data_dir = plan.data_dir.clone();
     let cache = config.cache_bytes;
-    let (db, log_db) = tokio::task::spawn_blocking(move || {
+    let (db, log_store) = tokio::task::spawn_blocking(move || {
         let state = db::Db::open(&data_dir, cache)?;
-        let log = db::Db::open_log(&data_dir, LOG_CACHE_BYTES)?;
-        Ok::<_, db::OpenError>((state, log))
+        if raft::log_store::migrate_redb_log(&data_dir).map_err(anyhow::Error::msg)? {
+            tracing::info!("moved the Raft log from raft.redb to the write-ahead log");
+        }
+        let log = raft::log_store::LogStore::open(&data_dir)?;
+        anyhow::Ok((state, log))
     })
     .await
     .context("opening the database")??;
     let db = Arc::new(db);
-    let log_db = Arc::new(log_db);
     let kv_db = db.clone();
     let kv = tokio::task::spawn_blocking(move || kv::Kv::open(kv_db))
         .await
@@ -129,8 +127,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     .validate()
     .context("raft configuration")?;
-    let log_store =
-        raft::log_store::LogStore::open(log_db.clone()).context("starting the log writer")?;
     let log_progress = log_store.progress();
     let snap_dir = plan.data_dir.join("member").join("snap");
     let state_machine = raft::state_machine::StateMachine::new(kv.clone(), snap_dir);

@@ -310,10 +310,12 @@ fn snapshots_and_log_purge_survive_sigkill() {
     );
     // The log was purged behind the snapshots: far fewer entries than writes remain.
     assert!(s.stop());
-    let db =
-        miniorch_store::db::Db::open_log(&data, 1 << 20).expect("open the stopped member's log");
-    let txn = redb::ReadableDatabase::begin_read(&db.db).unwrap();
-    let log = txn.open_table(miniorch_store::db::LOG).unwrap();
-    let entries = redb::ReadableTableMetadata::len(&log).unwrap();
+    let wal = miniorch_store::raft::wal::Wal::open(
+        &miniorch_store::raft::log_store::wal_dir(&data),
+        miniorch_store::raft::wal::SEGMENT_BYTES,
+    )
+    .expect("open the stopped member's log");
+    let r = wal.reader();
+    let entries = r.last_index().unwrap() - r.first_index().unwrap() + 1;
     assert!(entries < 100, "{entries} log entries kept after 300 writes");
 }

@@ -1,8 +1,9 @@
-//! The durable Raft log and vote, on the member's redb file, with group commit.
+//! The durable Raft log and vote, on the member's write-ahead log ([`super::wal`]), with group
+//! commit.
 //!
 //! openraft calls [`RaftLogStorage::append`] once per client write. Each call only queues the
 //! entries (they are readable at once from an in-memory cache) for one writer thread, which
-//! takes everything queued, writes it in one transaction and fsyncs once, then reports every
+//! takes everything queued, writes it with one `write` and one `fdatasync`, then reports every
 //! queued append as flushed. Under load one fsync covers many writes. Vote, truncate and purge
 //! go through the same queue, so all log I/O stays in call order as openraft requires.
 
@@ -12,17 +13,17 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
-use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{decode_entry, encode_entry};
+use super::wal::{self, Wal, WalError, WalReader};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, io_error};
-use crate::db::{Db, LOG, RAFT};
 
 /// Bytes of entries kept in memory after they are durable, so the state machine and
 /// replication rarely read the log back from disk. Entries are batches of writes, so the bound
@@ -30,12 +31,8 @@ use crate::db::{Db, LOG, RAFT};
 const CACHE_BYTES: usize = 8 << 20;
 /// Upper bound on queued log operations; `append` waits when the disk falls this far behind.
 const QUEUE_DEPTH: usize = 4096;
-/// Most operations one transaction takes from the queue.
+/// Most operations one write takes from the queue.
 const MAX_BATCH: usize = 4096;
-
-const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
-const KEY_PURGED: &str = "purged";
 
 type Done = oneshot::Sender<Result<(), String>>;
 
@@ -98,8 +95,12 @@ impl Cache {
 }
 
 struct Shared {
-    db: Arc<Db>,
+    reader: WalReader,
+    /// The log directory, for messages.
+    dir: PathBuf,
     cache: Mutex<Cache>,
+    /// Raft's state as last handed to the writer (JSON): what `read_vote` and friends answer.
+    state: Mutex<wal::State>,
     /// The newest committed log ID not yet written. It rides along with the next batch: a
     /// stale committed ID on disk only means more replay after a crash.
     committed: Mutex<Option<Vec<u8>>>,
@@ -128,54 +129,49 @@ impl LogProgress {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every value behind these locks is replaced whole, never left half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
     fn cache(&self) -> MutexGuard<'_, Cache> {
-        // A panic while holding the lock cannot leave the map half-updated in a way that
-        // matters: it is a cache over the database.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.cache)
+    }
+
+    fn read_error(&self, e: impl std::fmt::Display) -> StorageError {
+        io_error(ErrorSubject::Logs, ErrorVerb::Read, e)
     }
 
     fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::with_capacity(end.saturating_sub(start).min(1024) as usize);
-        let mut missing = Vec::new();
-        {
-            let cache = self.cache();
-            for i in start..end {
-                match cache.entries.get(&i) {
-                    Some((e, _)) => out.push(Some(e.clone())),
-                    None => {
-                        out.push(None);
-                        missing.push(i);
-                    }
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let read = |e: &dyn std::fmt::Display| {
-                io_error(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Read,
-                    format!("{}: {e}", self.db.path.display()),
-                )
-            };
-            let txn = self.db.db.begin_read().map_err(|e| read(&e))?;
-            let table = txn.open_table(LOG).map_err(|e| read(&e))?;
-            for i in missing {
-                let slot = &mut out[(i - start) as usize];
-                if let Some(v) = table.get(i).map_err(|e| read(&e))? {
-                    let entry = decode_entry(v.value()).map_err(|e| {
+        for i in start..end {
+            let cached = self.cache().entries.get(&i).map(|(e, _)| e.clone());
+            let entry = match cached {
+                Some(e) => e,
+                None => {
+                    // Stop at the first hole: openraft checks what it got.
+                    let Some(bytes) = self.reader.read(i).map_err(|e| self.read_error(e))? else {
+                        break;
+                    };
+                    decode_entry(&bytes).map_err(|e| {
                         io_error(
                             ErrorSubject::LogIndex(i),
                             ErrorVerb::Read,
-                            format!("corrupt log entry {i} in {}: {e}", self.db.path.display()),
+                            format!("corrupt log entry {i} in {}: {e}", self.dir.display()),
                         )
-                    })?;
-                    *slot = Some(entry);
+                    })?
                 }
-            }
+            };
+            out.push(entry);
         }
-        // Stop at the first hole: openraft checks what it got.
-        Ok(out.into_iter().map_while(|e| e).collect())
+        Ok(out)
+    }
+
+    /// The highest index present, in the cache or on disk.
+    fn last_index(&self) -> Option<u64> {
+        let cached = self.cache().entries.last_key_value().map(|(i, _)| *i);
+        cached.or_else(|| self.reader.last_index())
     }
 }
 
@@ -191,16 +187,25 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
+/// The log directory inside a data directory.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("wal")
+}
+
 impl LogStore {
-    /// Starts the writer thread over `db`.
-    pub fn open(db: Arc<Db>) -> std::io::Result<LogStore> {
+    /// Opens (recovering) the log of `data_dir` and starts its writer thread.
+    pub fn open(data_dir: &Path) -> Result<LogStore, WalError> {
+        let dir = wal_dir(data_dir);
+        let wal = Wal::open(&dir, wal::SEGMENT_BYTES)?;
         let shared = Arc::new(Shared {
-            db,
+            reader: wal.reader(),
+            dir: dir.clone(),
             cache: Mutex::new(Cache {
                 entries: BTreeMap::new(),
                 bytes: 0,
                 flushed: 0,
             }),
+            state: Mutex::new(wal.state().clone()),
             committed: Mutex::new(None),
             appended: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
@@ -209,12 +214,9 @@ impl LogStore {
         let writer = shared.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(writer, rx))?;
+            .spawn(move || write_loop(writer, wal, rx))
+            .map_err(|source| WalError::Io { path: dir, source })?;
         Ok(LogStore { shared, queue })
-    }
-
-    fn path(&self) -> String {
-        self.shared.db.path.display().to_string()
     }
 
     /// A handle that follows how far appends have got.
@@ -243,23 +245,19 @@ impl LogStore {
 
     fn read_json<T: serde::de::DeserializeOwned>(
         &self,
-        key: &str,
+        what: &str,
+        pick: impl Fn(&wal::State) -> Option<Vec<u8>>,
     ) -> Result<Option<T>, StorageError> {
-        let read = |e: &dyn std::fmt::Display| {
+        let Some(json) = pick(&lock(&self.shared.state)) else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&json).map(Some).map_err(|e| {
             io_error(
                 ErrorSubject::Store,
                 ErrorVerb::Read,
-                format!("{}: {e}", self.path()),
+                format!("corrupt {what} in {}: {e}", self.shared.dir.display()),
             )
-        };
-        let txn = self.shared.db.db.begin_read().map_err(|e| read(&e))?;
-        let table = txn.open_table(RAFT).map_err(|e| read(&e))?;
-        match table.get(key).map_err(|e| read(&e))? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| read(&format!("corrupt {key}: {e}"))),
-        }
+        })
     }
 
     /// Waits until everything queued so far is on disk.
@@ -269,7 +267,64 @@ impl LogStore {
     }
 }
 
-fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
+/// Data dirs written before the write-ahead log kept the Raft log in `member/raft.redb`. Its
+/// vote, committed and purged IDs and entries move once into a new log, which is made durable
+/// under a temporary name and renamed; only then is the old file removed.
+pub fn migrate_redb_log(data_dir: &Path) -> Result<bool, String> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let old = crate::db::log_path(data_dir);
+    let dir = wal_dir(data_dir);
+    if !old.exists() || dir.exists() {
+        return Ok(false);
+    }
+    let fail =
+        |e: &dyn std::fmt::Display| format!("moving the Raft log out of {}: {e}", old.display());
+    let tmp = dir.with_extension("migrating");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| fail(&e))?;
+    }
+    let db = crate::db::Db::open_log(data_dir, 1 << 20).map_err(|e| fail(&e))?;
+    let txn = db.db.begin_read().map_err(|e| fail(&e))?;
+    let mut wal = Wal::open(&tmp, wal::SEGMENT_BYTES).map_err(|e| fail(&e))?;
+    let raft = txn.open_table(crate::db::RAFT).map_err(|e| fail(&e))?;
+    let get = |k: &str| -> Result<Option<Vec<u8>>, String> {
+        Ok(raft
+            .get(k)
+            .map_err(|e| fail(&e))?
+            .map(|v| v.value().to_vec()))
+    };
+    if let Some(v) = get("vote")? {
+        wal.set_vote(v);
+    }
+    if let Some(c) = get("committed")? {
+        wal.set_committed(c);
+    }
+    if let Some(p) = get("purged")? {
+        let id: LogId = serde_json::from_slice(&p).map_err(|e| fail(&e))?;
+        wal.set_purged(id.index, p);
+    }
+    let log = txn.open_table(crate::db::LOG).map_err(|e| fail(&e))?;
+    for (n, item) in log.iter().map_err(|e| fail(&e))?.enumerate() {
+        let (k, v) = item.map_err(|e| fail(&e))?;
+        wal.append(k.value(), v.value());
+        if n % 1024 == 1023 {
+            wal.sync().map_err(|e| fail(&e))?;
+        }
+    }
+    wal.sync().map_err(|e| fail(&e))?;
+    drop(wal);
+    std::fs::rename(&tmp, &dir).map_err(|e| fail(&e))?;
+    if let Some(member) = dir.parent() {
+        std::fs::File::open(member)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail(&e))?;
+    }
+    drop((log, raft, txn, db));
+    std::fs::remove_file(&old).map_err(|e| fail(&e))?;
+    Ok(true)
+}
+
+fn write_loop(shared: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receiver<Op>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -278,14 +333,9 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let committed = shared
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let committed = lock(&shared.committed).take();
         let started = std::time::Instant::now();
-        let result = write_batch(&shared.db, &batch, committed.as_deref())
-            .map_err(|e| format!("{}: {e}", shared.db.path.display()));
+        let result = write_batch(&mut wal, &batch, committed).map_err(|e| e.to_string());
         let mut flushed_to = None;
         let mut appends = 0;
         for op in &batch {
@@ -330,37 +380,24 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn write_batch(db: &Db, batch: &[Op], committed: Option<&[u8]>) -> Result<(), redb::Error> {
-    let txn = db.db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut raft = txn.open_table(RAFT)?;
-        for op in batch {
-            match op {
-                Op::Append { entries, .. } => {
-                    for (index, bytes) in entries {
-                        log.insert(*index, bytes.as_slice())?;
-                    }
+fn write_batch(wal: &mut Wal, batch: &[Op], committed: Option<Vec<u8>>) -> Result<(), WalError> {
+    for op in batch {
+        match op {
+            Op::Append { entries, .. } => {
+                for (index, bytes) in entries {
+                    wal.append(*index, bytes);
                 }
-                Op::Vote { json, .. } => {
-                    raft.insert(KEY_VOTE, json.as_slice())?;
-                }
-                Op::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Op::Purge { upto, json, .. } => {
-                    log.retain_in(..=*upto, |_, _| false)?;
-                    raft.insert(KEY_PURGED, json.as_slice())?;
-                }
-                Op::Sync { .. } => {}
             }
-        }
-        if let Some(json) = committed {
-            raft.insert(KEY_COMMITTED, json)?;
+            Op::Vote { json, .. } => wal.set_vote(json.clone()),
+            Op::Truncate { from, .. } => wal.truncate(*from)?,
+            Op::Purge { upto, json, .. } => wal.set_purged(*upto, json.clone()),
+            Op::Sync { .. } => {}
         }
     }
-    txn.commit()?;
-    Ok(())
+    if let Some(json) = committed {
+        wal.set_committed(json);
+    }
+    wal.sync()
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -383,7 +420,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        let end = end.min(last_index(&self.shared)?.map_or(0, |i| i + 1));
+        let end = end.min(self.shared.last_index().map_or(0, |i| i + 1));
         if start >= end {
             return Ok(Vec::new());
         }
@@ -400,24 +437,6 @@ impl RaftLogReader<TypeConfig> for LogReader {
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
     }
-}
-
-/// The highest index present, in the cache or on disk.
-fn last_index(shared: &Shared) -> Result<Option<u64>, StorageError> {
-    if let Some((&i, _)) = shared.cache().entries.last_key_value() {
-        return Ok(Some(i));
-    }
-    let read = |e: &dyn std::fmt::Display| {
-        io_error(
-            ErrorSubject::Logs,
-            ErrorVerb::Read,
-            format!("{}: {e}", shared.db.path.display()),
-        )
-    };
-    let txn = shared.db.db.begin_read().map_err(|e| read(&e))?;
-    let table = txn.open_table(LOG).map_err(|e| read(&e))?;
-    let last = table.last().map_err(|e| read(&e))?;
-    Ok(last.map(|(k, _)| k.value()))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -438,8 +457,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         self.sync().await?;
-        let last_purged: Option<LogId> = self.read_json(KEY_PURGED)?;
-        let last = match last_index(&self.shared)? {
+        let last_purged: Option<LogId> = self.read_json("purged log ID", |s| s.purged.clone())?;
+        let last = match self.shared.last_index() {
             Some(i) => self.shared.read_entries(i, i + 1)?.pop().map(|e| e.log_id),
             None => None,
         };
@@ -458,29 +477,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let json = serde_json::to_vec(vote)
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        lock(&self.shared.state).vote = Some(json.clone());
         self.submit(ErrorSubject::Vote, |done| Op::Vote { json, done })
             .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_json(KEY_VOTE)
+        self.read_json("vote", |s| s.vote.clone())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             let json = serde_json::to_vec(&c)
                 .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            *self
-                .shared
-                .committed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(json);
+            lock(&self.shared.state).committed = Some(json.clone());
+            *lock(&self.shared.committed) = Some(json);
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_json(KEY_COMMITTED)
+        self.read_json("committed log ID", |s| s.committed.clone())
     }
 
     async fn append<I>(
@@ -533,6 +550,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index;
         let json = serde_json::to_vec(&log_id)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        {
+            let mut state = lock(&self.shared.state);
+            state.purged = Some(json.clone());
+            state.purged_index = Some(upto);
+        }
         self.submit(ErrorSubject::Log(log_id), |done| Op::Purge {
             upto,
             json,
@@ -541,5 +563,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await?;
         self.shared.cache().retain(|i| i > upto);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::codec::log_id;
+
+    #[test]
+    fn a_redb_log_moves_into_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let purged = serde_json::to_vec(&log_id(1, 1, 4)).unwrap();
+        {
+            let db = crate::db::Db::open_log(data, 1 << 20).unwrap();
+            let txn = db.db.begin_write().unwrap();
+            {
+                let mut raft = txn.open_table(crate::db::RAFT).unwrap();
+                raft.insert("vote", b"vote-json".as_slice()).unwrap();
+                raft.insert("purged", purged.as_slice()).unwrap();
+                let mut log = txn.open_table(crate::db::LOG).unwrap();
+                for i in 5..=9u64 {
+                    log.insert(i, format!("entry-{i}").as_bytes()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        assert!(migrate_redb_log(data).unwrap());
+        assert!(!crate::db::log_path(data).exists(), "the old file is gone");
+        assert!(!migrate_redb_log(data).unwrap(), "nothing left to move");
+        let wal = Wal::open(&wal_dir(data), wal::SEGMENT_BYTES).unwrap();
+        assert_eq!(wal.state().vote.as_deref(), Some(&b"vote-json"[..]));
+        assert_eq!(wal.state().purged_index, Some(4));
+        let r = wal.reader();
+        assert_eq!((r.first_index(), r.last_index()), (Some(5), Some(9)));
+        assert_eq!(r.read(7).unwrap(), Some(b"entry-7".to_vec()));
     }
 }

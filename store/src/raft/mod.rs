@@ -8,6 +8,7 @@ pub mod network;
 pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
+pub mod wal;
 
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

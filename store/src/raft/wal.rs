@@ -1,0 +1,902 @@
+//! The Raft log on disk: a write-ahead log of append-only segment files in
+//! `<data-dir>/member/wal/`, as etcd keeps it.
+//!
+//! A segment is a sequence of frames, `[len: u32][crc: u32][kind: u8][payload]`, little-endian,
+//! the CRC-32 covering the length, the kind and the payload. A frame is a log entry (its index,
+//! then the encoded entry) or a piece of Raft's own state: the vote, the committed log ID and
+//! the purged log ID (JSON), the newest of each winning. A batch of frames is written with one
+//! `write` and made durable with one `fdatasync`; nothing is acknowledged before that returns.
+//!
+//! A segment is named `<seq>-<first index>.wal` (hex, as etcd). When the active one is full a
+//! new one begins with the current state frames, so deleting the segments behind a purge loses
+//! no state. Truncating conflicting entries cuts the file at the first of them and writes the
+//! state again.
+//!
+//! On open every frame is checked. A bad or short frame at the end of the last segment is a
+//! write the crash interrupted, so never acknowledged: it is cut off, with a warning. A bad frame
+//! anywhere else (followed by a good one, or in an older segment) is corruption: opening fails
+//! with the file and offset, and the member refuses to start rather than serve a wrong log.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+/// A new segment is started once the active one reaches this size (etcd's size).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Longest frame accepted when reading: a batch of entries is at most a few MiB.
+const MAX_FRAME: u32 = 512 << 20;
+const HEADER: usize = 8;
+
+/// What a frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Entry = 1,
+    Vote = 2,
+    Committed = 3,
+    Purged = 4,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Entry,
+            2 => Kind::Vote,
+            3 => Kind::Committed,
+            4 => Kind::Purged,
+            _ => return None,
+        })
+    }
+}
+
+/// Opening or writing the log failed; each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "corrupt write-ahead log {} at byte {offset}: {detail} (the member cannot trust its log; \
+         replace it: `etcdctl member remove`, then add it back with an empty data dir)",
+        path.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Raft's own state as last written: JSON of the vote, committed and purged log IDs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub vote: Option<Vec<u8>>,
+    pub committed: Option<Vec<u8>>,
+    pub purged: Option<Vec<u8>>,
+    /// The index `purged` names.
+    pub purged_index: Option<u64>,
+}
+
+/// Where one entry lives.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: u64,
+    len: u32,
+}
+
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Entries in this segment by index: where their frame is.
+    entries: BTreeMap<u64, Slot>,
+}
+
+/// The segments and what they hold; shared by the writer and readers.
+#[derive(Default)]
+struct Index {
+    segments: Vec<Segment>,
+}
+
+impl Index {
+    fn last_index(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|s| s.entries.last_key_value().map(|(i, _)| *i))
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .find_map(|s| s.entries.first_key_value().map(|(i, _)| *i))
+    }
+
+    fn locate(&self, index: u64) -> Option<(Arc<File>, PathBuf, Slot)> {
+        // Segments hold increasing indexes: the last one starting at or below `index`.
+        let seg = self.segments.iter().rev().find(|s| {
+            s.entries
+                .first_key_value()
+                .is_some_and(|(i, _)| *i <= index)
+        })?;
+        let slot = seg.entries.get(&index)?;
+        Some((seg.file.clone(), seg.path.clone(), *slot))
+    }
+}
+
+/// Reads entries back from the log, from any thread.
+#[derive(Clone)]
+pub struct WalReader {
+    index: Arc<RwLock<Index>>,
+}
+
+impl WalReader {
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The encoded entry at `index`, if the log holds it. Its checksum is verified again.
+    pub fn read(&self, index: u64) -> Result<Option<Vec<u8>>, WalError> {
+        let Some((file, path, slot)) = self.index().locate(index) else {
+            return Ok(None);
+        };
+        let mut frame = vec![0u8; HEADER + slot.len as usize];
+        file.read_exact_at(&mut frame, slot.offset)
+            .map_err(io_err(&path))?;
+        match parse_frame(&frame) {
+            Ok((Kind::Entry, payload)) if payload.len() >= 8 => {
+                let at = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                if at != index {
+                    return Err(corrupt(
+                        &path,
+                        slot.offset,
+                        format!("entry {at} found where entry {index} was written"),
+                    ));
+                }
+                Ok(Some(payload[8..].to_vec()))
+            }
+            Ok(_) => Err(corrupt(&path, slot.offset, "not an entry frame".into())),
+            Err(detail) => Err(corrupt(&path, slot.offset, detail)),
+        }
+    }
+
+    pub fn last_index(&self) -> Option<u64> {
+        self.index().last_index()
+    }
+
+    pub fn first_index(&self) -> Option<u64> {
+        self.index().first_index()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.index().segments.len()
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, detail: String) -> WalError {
+    WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        detail,
+    }
+}
+
+/// Checks a whole frame (header included) and returns its kind and payload.
+fn parse_frame(frame: &[u8]) -> Result<(Kind, &[u8]), String> {
+    if frame.len() < HEADER + 1 {
+        return Err("frame too short".into());
+    }
+    let len = u32::from_le_bytes(frame[0..4].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(frame[4..8].try_into().unwrap_or_default());
+    if len as usize != frame.len() - HEADER {
+        return Err(format!("frame length {len} does not match"));
+    }
+    let body = &frame[HEADER..];
+    if checksum(len, body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let kind = Kind::from_u8(body[0]).ok_or_else(|| format!("unknown frame kind {}", body[0]))?;
+    Ok((kind, &body[1..]))
+}
+
+fn checksum(len: u32, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+fn push_frame(buf: &mut Vec<u8>, kind: Kind, parts: &[&[u8]]) {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let start = buf.len();
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.push(kind as u8);
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+    let crc = checksum(len, &buf[start + HEADER..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn segment_name(seq: u64, first: u64) -> String {
+    format!("{seq:016x}-{first:016x}.wal")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (seq, first) = stem.split_once('-')?;
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(first, 16).ok()?,
+    ))
+}
+
+fn open_append(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// What reading one segment found.
+struct Scanned {
+    /// Entries and state frames, in order.
+    frames: Vec<(Kind, u64, Slot, Vec<u8>)>,
+    /// Bytes of good frames; a torn tail starts here.
+    good_len: u64,
+    /// Why the rest of the file is not good, when it is not.
+    bad: Option<String>,
+}
+
+/// Reads every frame of a segment. State payloads are returned; entry payloads only as their
+/// index (the entry itself stays on disk).
+fn scan(path: &Path, file: &File) -> Result<Scanned, WalError> {
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut out = Scanned {
+        frames: Vec::new(),
+        good_len: 0,
+        bad: None,
+    };
+    let mut offset = 0u64;
+    let mut body = Vec::new();
+    while offset < size {
+        let remaining = size - offset;
+        if remaining < HEADER as u64 + 1 {
+            out.bad = Some(format!("{remaining} stray bytes"));
+            break;
+        }
+        let mut head = [0u8; HEADER];
+        r.read_exact(&mut head).map_err(io_err(path))?;
+        let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+        if len == 0 || len > MAX_FRAME || u64::from(len) > remaining - HEADER as u64 {
+            out.bad = Some(format!("frame length {len} with {remaining} bytes left"));
+            break;
+        }
+        body.resize(len as usize, 0);
+        r.read_exact(&mut body).map_err(io_err(path))?;
+        if checksum(len, &body) != crc {
+            out.bad = Some("checksum mismatch".into());
+            break;
+        }
+        let Some(kind) = Kind::from_u8(body[0]) else {
+            out.bad = Some(format!("unknown frame kind {}", body[0]));
+            break;
+        };
+        let slot = Slot { offset, len };
+        let payload = &body[1..];
+        match kind {
+            Kind::Entry => {
+                let Some(index) = payload.get(..8) else {
+                    out.bad = Some("entry frame without an index".into());
+                    break;
+                };
+                let index = u64::from_le_bytes(index.try_into().unwrap_or_default());
+                out.frames.push((kind, index, slot, Vec::new()));
+            }
+            _ => out.frames.push((kind, 0, slot, payload.to_vec())),
+        }
+        offset += HEADER as u64 + u64::from(len);
+        out.good_len = offset;
+    }
+    Ok(out)
+}
+
+/// Whether a good frame starts at `offset` (to tell a torn tail from damage in the middle).
+fn good_frame_at(file: &File, offset: u64, size: u64) -> bool {
+    let mut head = [0u8; HEADER];
+    if offset + HEADER as u64 >= size || file.read_exact_at(&mut head, offset).is_err() {
+        return false;
+    }
+    let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default());
+    if len == 0 || len > MAX_FRAME || offset + HEADER as u64 + u64::from(len) > size {
+        return false;
+    }
+    let mut frame = vec![0u8; HEADER + len as usize];
+    file.read_exact_at(&mut frame, offset).is_ok() && parse_frame(&frame).is_ok()
+}
+
+/// The write side of the log; owned by one writer.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    index: Arc<RwLock<Index>>,
+    /// The active (last) segment, opened for appending, and its length.
+    active: File,
+    active_len: u64,
+    state: State,
+    /// Frames staged for the next [`Wal::sync`], with the entries among them.
+    buf: Vec<u8>,
+    staged: Vec<(u64, usize, u32)>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (creating it), checking every frame and cutting off a torn tail.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Wal, WalError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut names: Vec<(u64, u64, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let e = e.map_err(io_err(dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((seq, first)) = parse_name(&name) {
+                names.push((seq, first, e.path()));
+            }
+        }
+        names.sort();
+        let mut state = State::default();
+        let mut segments = Vec::new();
+        let count = names.len();
+        let mut last: Option<(u64, PathBuf)> = None;
+        // Entries across segments, to check they follow each other.
+        let mut pending_jumps: Vec<(u64, u64, PathBuf, u64)> = Vec::new();
+        for (n, (seq, _first, path)) in names.into_iter().enumerate() {
+            let is_last = n + 1 == count;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(is_last)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let scanned = scan(&path, &file)?;
+            if let Some(why) = &scanned.bad {
+                let size = file.metadata().map_err(io_err(&path))?.len();
+                let torn = is_last && {
+                    // The frame header may still say where the bad frame ends: a good frame
+                    // after it means damage in the middle, not an interrupted write.
+                    let mut head = [0u8; HEADER];
+                    let next = file
+                        .read_exact_at(&mut head, scanned.good_len)
+                        .ok()
+                        .map(|_| {
+                            scanned.good_len
+                                + HEADER as u64
+                                + u64::from(u32::from_le_bytes(
+                                    head[0..4].try_into().unwrap_or_default(),
+                                ))
+                        });
+                    !next.is_some_and(|at| good_frame_at(&file, at, size))
+                };
+                if !torn {
+                    return Err(corrupt(&path, scanned.good_len, why.clone()));
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = scanned.good_len,
+                    dropped_bytes = size - scanned.good_len,
+                    reason = %why,
+                    "cutting off the unfinished last write of the log (it was never acknowledged)"
+                );
+                file.set_len(scanned.good_len).map_err(io_err(&path))?;
+                file.sync_all().map_err(io_err(&path))?;
+            }
+            let mut entries = BTreeMap::new();
+            for (kind, index, slot, payload) in scanned.frames {
+                match kind {
+                    Kind::Entry => {
+                        if let Some((prev, prev_path)) = &last
+                            && index != prev + 1
+                        {
+                            if index <= *prev {
+                                return Err(corrupt(
+                                    &path,
+                                    slot.offset,
+                                    format!(
+                                        "entry {index} after entry {prev} (in {})",
+                                        prev_path.display()
+                                    ),
+                                ));
+                            }
+                            // A jump is legal only over purged entries: checked at the end,
+                            // once the newest purged index is known.
+                            pending_jumps.push((*prev, index, path.clone(), slot.offset));
+                        }
+                        entries.insert(index, slot);
+                        last = Some((index, path.clone()));
+                    }
+                    Kind::Vote => state.vote = Some(payload),
+                    Kind::Committed => state.committed = Some(payload),
+                    Kind::Purged => {
+                        let Some(at) = payload.get(..8) else {
+                            return Err(corrupt(&path, slot.offset, "short purge frame".into()));
+                        };
+                        state.purged_index =
+                            Some(u64::from_le_bytes(at.try_into().unwrap_or_default()));
+                        state.purged = Some(payload[8..].to_vec());
+                    }
+                }
+            }
+            segments.push(Segment {
+                seq,
+                path,
+                file: Arc::new(file),
+                entries,
+            });
+        }
+        for (prev, index, path, offset) in pending_jumps {
+            if state.purged_index.is_none_or(|p| p < index - 1) {
+                return Err(corrupt(
+                    &path,
+                    offset,
+                    format!("entries {} to {} are missing", prev + 1, index - 1),
+                ));
+            }
+        }
+        // Purged entries are never read again.
+        if let Some(p) = state.purged_index {
+            for s in &mut segments {
+                s.entries.retain(|i, _| *i > p);
+            }
+        }
+        let created = segments.is_empty();
+        if created {
+            let path = dir.join(segment_name(0, 0));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            sync_dir(dir)?;
+            segments.push(Segment {
+                seq: 0,
+                path,
+                file: Arc::new(file),
+                entries: BTreeMap::new(),
+            });
+        }
+        let last_seg = segments.last().expect("at least one segment");
+        let active = open_append(&last_seg.path)?;
+        let active_len = active.metadata().map_err(io_err(&last_seg.path))?.len();
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            index: Arc::new(RwLock::new(Index { segments })),
+            active,
+            active_len,
+            state,
+            buf: Vec::new(),
+            staged: Vec::new(),
+        })
+    }
+
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            index: self.index.clone(),
+        }
+    }
+
+    /// Raft's state as last written.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn active_path(&self) -> PathBuf {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| self.dir.clone())
+    }
+
+    /// Stages an entry for the next [`Wal::sync`].
+    pub fn append(&mut self, index: u64, entry: &[u8]) {
+        let at = self.buf.len();
+        push_frame(&mut self.buf, Kind::Entry, &[&index.to_le_bytes(), entry]);
+        let len = (self.buf.len() - at - HEADER) as u32;
+        self.staged.push((index, at, len));
+    }
+
+    pub fn set_vote(&mut self, json: Vec<u8>) {
+        push_frame(&mut self.buf, Kind::Vote, &[&json]);
+        self.state.vote = Some(json);
+    }
+
+    pub fn set_committed(&mut self, json: Vec<u8>) {
+        push_frame(&mut self.buf, Kind::Committed, &[&json]);
+        self.state.committed = Some(json);
+    }
+
+    /// Records that entries up to `index` are no longer needed; segments holding nothing newer
+    /// are deleted after the next sync.
+    pub fn set_purged(&mut self, index: u64, json: Vec<u8>) {
+        push_frame(&mut self.buf, Kind::Purged, &[&index.to_le_bytes(), &json]);
+        self.state.purged = Some(json);
+        self.state.purged_index = Some(index);
+    }
+
+    fn state_frames(&self, buf: &mut Vec<u8>) {
+        let s = &self.state;
+        if let Some(v) = &s.vote {
+            push_frame(buf, Kind::Vote, &[v]);
+        }
+        if let Some(c) = &s.committed {
+            push_frame(buf, Kind::Committed, &[c]);
+        }
+        if let (Some(i), Some(p)) = (s.purged_index, &s.purged) {
+            push_frame(buf, Kind::Purged, &[&i.to_le_bytes(), p]);
+        }
+    }
+
+    /// Writes what is staged and makes it durable (one write, one fdatasync).
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.active_len >= self.segment_bytes {
+            self.roll()?;
+        }
+        let path = self.active_path();
+        let base = self.active_len;
+        let write = self
+            .active
+            .write_all(&self.buf)
+            .and_then(|_| self.active.sync_data());
+        if let Err(e) = write {
+            // Leave the file as it was, so a retry or a restart sees no half batch.
+            let _ = self.active.set_len(base);
+            self.buf.clear();
+            self.staged.clear();
+            return Err(io_err(&path)(e));
+        }
+        self.active_len += self.buf.len() as u64;
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let seg = index.segments.last_mut().expect("an active segment");
+            for (i, at, len) in self.staged.drain(..) {
+                seg.entries.insert(
+                    i,
+                    Slot {
+                        offset: base + at as u64,
+                        len,
+                    },
+                );
+            }
+        }
+        self.buf.clear();
+        self.drop_purged()
+    }
+
+    /// Starts a new segment, beginning with the current state.
+    fn roll(&mut self) -> Result<(), WalError> {
+        let (seq, first) = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let seq = index.segments.last().map_or(0, |s| s.seq + 1);
+            (seq, index.last_index().map_or(0, |i| i + 1))
+        };
+        let path = self.dir.join(segment_name(seq, first));
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut head = Vec::new();
+        self.state_frames(&mut head);
+        file.write_all(&head)
+            .and_then(|_| file.sync_data())
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        let read = File::open(&path).map_err(io_err(&path))?;
+        self.active = file;
+        self.active_len = head.len() as u64;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        index.segments.push(Segment {
+            seq,
+            path,
+            file: Arc::new(read),
+            entries: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Deletes segments whose entries are all purged (never the active one).
+    fn drop_purged(&mut self) -> Result<(), WalError> {
+        let Some(purged) = self.state.purged_index else {
+            return Ok(());
+        };
+        let mut gone = Vec::new();
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let n = index.segments.len();
+            for s in &mut index.segments {
+                s.entries.retain(|i, _| *i > purged);
+            }
+            // Only a prefix of the segments, and never the active one.
+            let keep_from = index.segments[..n - 1]
+                .iter()
+                .position(|s| !s.entries.is_empty())
+                .unwrap_or(n - 1);
+            gone.extend(index.segments.drain(..keep_from).map(|s| s.path));
+        }
+        for path in gone {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Removes entries from `from` on (a follower's conflicting suffix), durably.
+    pub fn truncate(&mut self, from: u64) -> Result<(), WalError> {
+        self.sync()?;
+        let mut gone = Vec::new();
+        let cut = {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            // Segments holding nothing before `from` go entirely (the first always stays).
+            while index.segments.len() > 1
+                && index
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.entries.first_key_value().is_none_or(|(i, _)| *i >= from))
+            {
+                gone.extend(index.segments.pop().map(|s| s.path));
+            }
+            let seg = index.segments.last_mut().expect("a segment");
+            let cut = seg.entries.range(from..).next().map(|(_, s)| s.offset);
+            seg.entries.retain(|i, _| *i < from);
+            (cut, open_append(&seg.path)?, seg.path.clone())
+        };
+        let (cut, file, path) = cut;
+        for p in &gone {
+            std::fs::remove_file(p).map_err(io_err(p))?;
+        }
+        self.active = file;
+        let len = match cut {
+            Some(offset) => {
+                self.active.set_len(offset).map_err(io_err(&path))?;
+                offset
+            }
+            None => self.active.metadata().map_err(io_err(&path))?.len(),
+        };
+        self.active_len = len;
+        // State frames after the cut went with it: write them again.
+        let mut head = Vec::new();
+        self.state_frames(&mut head);
+        self.buf.splice(0..0, head.iter().copied());
+        let shift = head.len();
+        for s in &mut self.staged {
+            s.1 += shift;
+        }
+        self.sync()?;
+        if !gone.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> Vec<u8> {
+        format!("entry-{i}").into_bytes().repeat(10)
+    }
+
+    fn append(w: &mut Wal, range: std::ops::RangeInclusive<u64>) {
+        for i in range {
+            w.append(i, &entry(i));
+        }
+        w.sync().unwrap();
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn entries_and_state_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        w.set_vote(b"vote-1".to_vec());
+        append(&mut w, 0..=9);
+        w.set_committed(b"c-5".to_vec());
+        w.set_vote(b"vote-2".to_vec());
+        w.sync().unwrap();
+        drop(w);
+        let w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        assert_eq!(w.state().vote.as_deref(), Some(&b"vote-2"[..]));
+        assert_eq!(w.state().committed.as_deref(), Some(&b"c-5"[..]));
+        let r = w.reader();
+        assert_eq!((r.first_index(), r.last_index()), (Some(0), Some(9)));
+        for i in 0..=9 {
+            assert_eq!(r.read(i).unwrap(), Some(entry(i)));
+        }
+        assert_eq!(r.read(10).unwrap(), None);
+    }
+
+    #[test]
+    fn segments_roll_and_purge_deletes_old_ones_keeping_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 300).unwrap();
+        w.set_vote(b"v".to_vec());
+        for i in 0..40 {
+            append(&mut w, i..=i);
+        }
+        let many = files(dir.path()).len();
+        assert!(many > 5, "{many} segments");
+        w.set_purged(30, b"p30".to_vec());
+        w.sync().unwrap();
+        let few = files(dir.path()).len();
+        assert!(
+            few < many / 2,
+            "{few} of {many} segments left after purging to 30"
+        );
+        drop(w);
+        let w = Wal::open(dir.path(), 300).unwrap();
+        assert_eq!(w.state().vote.as_deref(), Some(&b"v"[..]));
+        assert_eq!(w.state().purged_index, Some(30));
+        assert_eq!(w.state().purged.as_deref(), Some(&b"p30"[..]));
+        let r = w.reader();
+        assert_eq!((r.first_index(), r.last_index()), (Some(31), Some(39)));
+        assert_eq!(r.read(35).unwrap(), Some(entry(35)));
+    }
+
+    #[test]
+    fn purge_past_the_end_then_a_jump_is_legal() {
+        // A follower installing a snapshot purges everything and continues after it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        append(&mut w, 0..=4);
+        w.set_purged(100, b"p100".to_vec());
+        append(&mut w, 101..=103);
+        drop(w);
+        let w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        let r = w.reader();
+        assert_eq!((r.first_index(), r.last_index()), (Some(101), Some(103)));
+    }
+
+    #[test]
+    fn truncate_removes_the_suffix_and_keeps_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 200).unwrap();
+        append(&mut w, 0..=5);
+        w.set_vote(b"late-vote".to_vec());
+        append(&mut w, 6..=20);
+        w.truncate(4).unwrap();
+        append(&mut w, 4..=6);
+        drop(w);
+        let w = Wal::open(dir.path(), 200).unwrap();
+        assert_eq!(w.state().vote.as_deref(), Some(&b"late-vote"[..]));
+        let r = w.reader();
+        assert_eq!(r.last_index(), Some(6));
+        assert_eq!(r.read(5).unwrap(), Some(entry(5)));
+    }
+
+    #[test]
+    fn a_torn_last_write_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        append(&mut w, 0..=2);
+        drop(w);
+        let path = files(dir.path()).pop().unwrap();
+        let good = std::fs::metadata(&path).unwrap().len();
+        for tail in [
+            vec![7u8; 3],  // a few bytes of a header
+            vec![0u8; 64], // zeros (space allocated, never written)
+            {
+                // A whole frame whose body did not reach the disk.
+                let mut b = Vec::new();
+                push_frame(&mut b, Kind::Entry, &[&3u64.to_le_bytes(), &entry(3)]);
+                let n = b.len();
+                b[n - 5..].fill(0);
+                b
+            },
+        ] {
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(&tail).unwrap();
+            drop(f);
+            let w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+            assert_eq!(w.reader().last_index(), Some(2));
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        }
+    }
+
+    #[test]
+    fn damage_before_good_frames_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        append(&mut w, 0..=5);
+        drop(w);
+        let path = files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 12] ^= 0xff; // inside the first entry
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Wal::open(dir.path(), SEGMENT_BYTES).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("checksum"), "{msg}");
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 100).unwrap();
+        for i in 0..10 {
+            append(&mut w, i..=i);
+        }
+        drop(w);
+        let first = files(dir.path()).remove(0);
+        let len = std::fs::metadata(&first).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let e = Wal::open(dir.path(), 100).err().expect("refused");
+        assert!(e.to_string().contains(&first.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_missing_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 100).unwrap();
+        for i in 0..10 {
+            append(&mut w, i..=i);
+        }
+        drop(w);
+        let mut f = files(dir.path());
+        assert!(f.len() >= 3);
+        std::fs::remove_file(f.remove(1)).unwrap();
+        let e = Wal::open(dir.path(), 100).err().expect("refused");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn frames_reject_garbage() {
+        let mut b = Vec::new();
+        push_frame(&mut b, Kind::Vote, &[b"x"]);
+        assert!(parse_frame(&b).is_ok());
+        for cut in 0..b.len() {
+            assert!(parse_frame(&b[..cut]).is_err());
+        }
+        let mut bad = b.clone();
+        bad[HEADER] = 99;
+        assert!(parse_frame(&bad).is_err());
+    }
+}
