@@ -187,8 +187,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .max(Duration::from_millis(100)),
         min_lease_ttl,
     };
-    // The proposer is a Raft-side task: it goes on the Raft thread too.
+    // The proposer is a Raft-side task: it goes on the Raft thread too. Forwarding writes to
+    // the leader is gRPC client work: it stays here, with the servers.
     let (node_kv, node_raft) = (kv.clone(), raft.clone());
+    let servers_runtime = tokio::runtime::Handle::current();
     let node = raft_thread
         .run(async move {
             Arc::new(Node::new(
@@ -198,6 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 identity,
                 limits,
                 resumed,
+                &servers_runtime,
             ))
         })
         .await?;
@@ -253,7 +256,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let stop = shutdown.clone();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled())
+                .serve_with_incoming_shutdown(
+                    // Nagle's algorithm held Raft replies back for 40 ms at a time.
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.cancelled(),
+                )
                 .await
                 .context("peer server")
         });

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod cluster;
+pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -118,6 +119,8 @@ pub struct Node {
     pub limits: Limits,
     pub lessor: lease::Lessor,
     pub proposer: proposer::Proposer,
+    /// Writes this member hands to the leader while following.
+    forwarder: forward::Forwarder,
     /// Read index rounds while this member leads, and asked of the leader otherwise.
     leader_reads: reads::Coalesce<LeaderRead>,
     forwarded_reads: reads::Coalesce<EtcdError>,
@@ -168,7 +171,7 @@ impl PeerClients {
 }
 
 /// The leader as `raft` sees it, when it is another member.
-fn other_leader(raft: &Raft, me: u64) -> Option<Member> {
+pub(crate) fn other_leader(raft: &Raft, me: u64) -> Option<Member> {
     let m = raft.metrics();
     let m = m.borrow();
     let id = m.current_leader.filter(|id| *id != me)?;
@@ -183,6 +186,7 @@ impl Node {
         id: Identity,
         limits: Limits,
         resumed: Resumed,
+        forward_on: &tokio::runtime::Handle,
     ) -> Self {
         let Identity {
             member_id,
@@ -193,6 +197,16 @@ impl Node {
         } = id;
         let proposer = proposer::Proposer::start(raft.clone(), log);
         let peers = Arc::new(PeerClients::default());
+        let forwarder = forward::Forwarder::start(
+            forward_on,
+            forward::Deps {
+                raft: raft.clone(),
+                member_id,
+                peers: peers.clone(),
+                kv: kv.clone(),
+                timeout: PROPOSE_TIMEOUT,
+            },
+        );
         let leader_raft = raft.clone();
         let leader_reads = reads::Coalesce::start(
             move || {
@@ -243,6 +257,7 @@ impl Node {
             limits,
             lessor: lease::Lessor::default(),
             proposer,
+            forwarder,
             leader_reads,
             forwarded_reads,
             peers,
@@ -312,28 +327,17 @@ impl Node {
     }
 
     async fn propose_inner(&self, req: InternalRequest) -> Result<ApplyResult, EtcdError> {
-        match self.proposer.propose(req.clone()).await {
+        if let Leader::Other(_) = self.leader() {
+            return self.forwarder.forward(req).await;
+        }
+        // Kept for the rare case that leadership moved since the check above.
+        let again = req.clone();
+        match self.proposer.propose(req).await {
             Ok(result) => Ok(result),
-            Err(ProposeError::ForwardToLeader(leader)) => {
-                let mut client = self.leader_client(leader.as_ref())?;
-                let reply = client.propose(req).await.map_err(status_to_etcd)?;
-                let result = reply.into_inner();
-                // Reads here must see the write: wait until this member applied it.
-                if let Some(rev) = result_revision(&result) {
-                    self.wait_revision(rev).await?;
-                }
-                Ok(result)
-            }
+            Err(ProposeError::ForwardToLeader(_)) => self.forwarder.forward(again).await,
             Err(ProposeError::Other(e)) => Err(EtcdError::Internal(e)),
             Err(ProposeError::Stopped) => Err(EtcdError::Stopped),
         }
-    }
-
-    /// Waits until the local state machine reaches `revision`.
-    async fn wait_revision(&self, revision: i64) -> Result<(), EtcdError> {
-        tokio::time::timeout(PROPOSE_TIMEOUT, self.kv.hub.reached(revision))
-            .await
-            .map_err(|_| EtcdError::Timeout)
     }
 
     /// The read index of the next leader-side round (for this member's reads, or a follower
@@ -371,7 +375,7 @@ impl Node {
 }
 
 /// The store revision an apply result reached, to wait for it locally.
-fn result_revision(r: &ApplyResult) -> Option<i64> {
+pub(crate) fn result_revision(r: &ApplyResult) -> Option<i64> {
     use apply_result::Result as R;
     let h = match r.result.as_ref()? {
         R::Put(x) => &x.header,

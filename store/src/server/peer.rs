@@ -16,7 +16,8 @@ use crate::pb::etcdserverpb::{
 use crate::pb::storepb::MembersReply;
 use crate::pb::storepb::peer_server::Peer;
 use crate::pb::storepb::{
-    ApplyError, ApplyResult, Empty, InternalRequest, RaftMessage, ReadIndexReply, apply_result,
+    ApplyError, ApplyResult, Empty, Proposal, ProposalResult, RaftMessage, ReadIndexReply,
+    apply_result,
 };
 use crate::raft::network::{REMOVED_MESSAGE, decode_append, decode_snapshot};
 
@@ -86,23 +87,31 @@ impl Peer for PeerService {
 
     async fn propose(
         &self,
-        request: Request<InternalRequest>,
-    ) -> Result<Response<ApplyResult>, Status> {
-        let req = request.into_inner();
-        if req.encoded_len() > self.node.limits.max_request_bytes {
+        request: Request<Proposal>,
+    ) -> Result<Response<ProposalResult>, Status> {
+        let reqs = request.into_inner().requests;
+        if reqs
+            .iter()
+            .any(|r| r.encoded_len() > self.node.limits.max_request_bytes)
+        {
             return Err(EtcdError::RequestTooLarge.into());
         }
-        match self.node.proposer.propose(req).await {
-            Ok(result) => Ok(Response::new(result)),
-            Err(ProposeError::ForwardToLeader(_)) => Err(EtcdError::NotLeader.into()),
-            Err(ProposeError::Other(e)) => Ok(Response::new(ApplyResult {
-                result: Some(apply_result::Result::Error(ApplyError {
-                    code: tonic::Code::Internal as i32,
-                    message: e,
-                })),
-            })),
-            Err(ProposeError::Stopped) => Err(EtcdError::Stopped.into()),
-        }
+        let n = reqs.len();
+        let results = match self.node.proposer.propose_all(reqs).await {
+            Ok(results) => results,
+            Err(ProposeError::ForwardToLeader(_)) => return Err(EtcdError::NotLeader.into()),
+            Err(ProposeError::Other(e)) => {
+                let failed = ApplyResult {
+                    result: Some(apply_result::Result::Error(ApplyError {
+                        code: tonic::Code::Internal as i32,
+                        message: e,
+                    })),
+                };
+                vec![failed; n]
+            }
+            Err(ProposeError::Stopped) => return Err(EtcdError::Stopped.into()),
+        };
+        Ok(Response::new(ProposalResult { results }))
     }
 
     async fn read_index(

@@ -40,12 +40,19 @@ pub enum ProposeError {
     Other(String),
 }
 
-type Done = oneshot::Sender<Result<ApplyResult, ProposeError>>;
+type Done = oneshot::Sender<Result<Vec<ApplyResult>, ProposeError>>;
 
+/// Writes from one caller (one client, or a batch a follower forwarded), answered together.
 struct Pending {
-    req: InternalRequest,
+    reqs: Vec<InternalRequest>,
     size: usize,
     done: Done,
+}
+
+impl Batched for Pending {
+    fn weight(&self) -> (usize, usize) {
+        (self.reqs.len(), self.size)
+    }
 }
 
 /// Handle to the batching task.
@@ -64,10 +71,22 @@ impl Proposer {
 
     /// Proposes one write and waits until it is applied on this member.
     pub async fn propose(&self, req: InternalRequest) -> Result<ApplyResult, ProposeError> {
+        let mut results = self.propose_all(vec![req]).await?;
+        results
+            .pop()
+            .ok_or_else(|| ProposeError::Other("no result for the write".into()))
+    }
+
+    /// Proposes writes (in this order, in one entry when they fit) and waits until they are
+    /// applied on this member; one result per write.
+    pub async fn propose_all(
+        &self,
+        reqs: Vec<InternalRequest>,
+    ) -> Result<Vec<ApplyResult>, ProposeError> {
         let (done, rx) = oneshot::channel();
-        let size = req.encoded_len();
+        let size = reqs.iter().map(Message::encoded_len).sum();
         self.tx
-            .send(Pending { req, size, done })
+            .send(Pending { reqs, size, done })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -84,9 +103,13 @@ async fn run(raft: Raft, mut log: LogProgress, mut rx: mpsc::Receiver<Pending>) 
         let Some(first) = rx.recv().await else {
             return;
         };
-        let batch = gather(first, &mut rx);
-        let (requests, dones): (Vec<InternalRequest>, Vec<Done>) =
-            batch.into_iter().map(|p| (p.req, p.done)).unzip();
+        let batch = gather(first, &mut rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES);
+        let mut requests = Vec::new();
+        let mut dones = Vec::with_capacity(batch.len());
+        for p in batch {
+            dones.push((p.reqs.len(), p.done));
+            requests.extend(p.reqs);
+        }
         // This entry goes out in one of the next append calls; counting from here means the
         // wait below ends no later than when it is durable.
         let durable = log.appended() + 1;
@@ -135,14 +158,27 @@ fn outcome(answer: Answer) -> Result<Vec<ApplyResult>, ProposeError> {
     }
 }
 
-/// The first write and whatever else is queued, within the batch limits.
-fn gather(first: Pending, rx: &mut mpsc::Receiver<Pending>) -> Vec<Pending> {
-    let mut bytes = first.size;
+/// Something queued for a batch: how many writes it holds and their size in bytes.
+pub(crate) trait Batched {
+    fn weight(&self) -> (usize, usize);
+}
+
+/// The first item and whatever else is queued, while the batch holds fewer than `max_writes`
+/// writes and `max_bytes` bytes (a single larger item still goes, alone).
+pub(crate) fn gather<T: Batched>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    max_writes: usize,
+    max_bytes: usize,
+) -> Vec<T> {
+    let (mut writes, mut bytes) = first.weight();
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+    while writes < max_writes && bytes < max_bytes {
         match rx.try_recv() {
             Ok(p) => {
-                bytes += p.size;
+                let (w, b) = p.weight();
+                writes += w;
+                bytes += b;
                 batch.push(p);
             }
             Err(_) => break,
@@ -151,26 +187,25 @@ fn gather(first: Pending, rx: &mut mpsc::Receiver<Pending>) -> Vec<Pending> {
     batch
 }
 
-/// Hands each waiting caller its own result.
-fn deliver(dones: Vec<Done>, outcome: Result<Vec<ApplyResult>, ProposeError>) {
+/// Hands each waiting caller its own results: `dones` says how many writes each one sent.
+fn deliver(dones: Vec<(usize, Done)>, outcome: Result<Vec<ApplyResult>, ProposeError>) {
+    let sent: usize = dones.iter().map(|(n, _)| n).sum();
+    let outcome = match outcome {
+        Ok(results) if results.len() != sent => Err(ProposeError::Other(format!(
+            "applied {} results for {sent} writes",
+            results.len()
+        ))),
+        other => other,
+    };
     match outcome {
-        Ok(results) if results.len() == dones.len() => {
-            for (done, r) in dones.into_iter().zip(results) {
-                let _ = done.send(Ok(r));
-            }
-        }
         Ok(results) => {
-            let e = ProposeError::Other(format!(
-                "applied {} results for {} writes",
-                results.len(),
-                dones.len()
-            ));
-            for done in dones {
-                let _ = done.send(Err(e.clone()));
+            let mut results = results.into_iter();
+            for (n, done) in dones {
+                let _ = done.send(Ok(results.by_ref().take(n).collect()));
             }
         }
         Err(e) => {
-            for done in dones {
+            for (_, done) in dones {
                 let _ = done.send(Err(e.clone()));
             }
         }
@@ -190,16 +225,29 @@ mod tests {
 
     #[test]
     fn results_reach_their_callers() {
-        let cases: Vec<(usize, Result<Vec<ApplyResult>, ProposeError>, bool)> = vec![
-            (2, Ok(vec![ok(), ok()]), true),
-            (2, Ok(vec![ok()]), false),
-            (3, Err(ProposeError::Stopped), false),
+        let cases: Vec<(Vec<usize>, Result<Vec<ApplyResult>, ProposeError>, bool)> = vec![
+            (vec![1, 1], Ok(vec![ok(), ok()]), true),
+            (vec![2, 1], Ok(vec![ok(), ok(), ok()]), true),
+            (vec![1, 1], Ok(vec![ok()]), false),
+            (vec![1, 2, 1], Err(ProposeError::Stopped), false),
         ];
-        for (n, outcome, each_ok) in cases {
-            let (dones, rxs): (Vec<Done>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
+        for (sizes, outcome, each_ok) in cases {
+            let (dones, rxs): (Vec<(usize, Done)>, Vec<_>) = sizes
+                .iter()
+                .map(|&n| {
+                    let (tx, rx) = oneshot::channel();
+                    ((n, tx), (n, rx))
+                })
+                .unzip();
             deliver(dones, outcome);
-            for mut rx in rxs {
-                assert_eq!(rx.try_recv().unwrap().is_ok(), each_ok);
+            for (n, mut rx) in rxs {
+                match rx.try_recv().unwrap() {
+                    Ok(results) => {
+                        assert!(each_ok);
+                        assert_eq!(results.len(), n);
+                    }
+                    Err(_) => assert!(!each_ok),
+                }
             }
         }
     }
@@ -207,21 +255,30 @@ mod tests {
     #[tokio::test]
     async fn gather_respects_limits() {
         let (tx, mut rx) = mpsc::channel(4096);
-        let pending = |size| Pending {
-            req: InternalRequest::default(),
+        let pending = |writes, size| Pending {
+            reqs: vec![InternalRequest::default(); writes],
             size,
             done: oneshot::channel().0,
         };
         for _ in 0..(MAX_BATCH_REQUESTS + 10) {
-            tx.send(pending(1)).await.unwrap();
+            tx.send(pending(1, 1)).await.unwrap();
         }
+        let g = |rx: &mut mpsc::Receiver<Pending>, first| {
+            gather(first, rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES).len()
+        };
         let first = rx.recv().await.unwrap();
-        assert_eq!(gather(first, &mut rx).len(), MAX_BATCH_REQUESTS);
+        assert_eq!(g(&mut rx, first), MAX_BATCH_REQUESTS);
         let first = rx.recv().await.unwrap();
-        assert_eq!(gather(first, &mut rx).len(), 10);
-        tx.send(pending(MAX_BATCH_BYTES)).await.unwrap();
-        tx.send(pending(1)).await.unwrap();
+        assert_eq!(g(&mut rx, first), 10);
+        tx.send(pending(1, MAX_BATCH_BYTES)).await.unwrap();
+        tx.send(pending(1, 1)).await.unwrap();
         let first = rx.recv().await.unwrap();
-        assert_eq!(gather(first, &mut rx).len(), 1);
+        assert_eq!(g(&mut rx, first), 1);
+        // A forwarded batch counts as the writes it holds.
+        tx.send(pending(MAX_BATCH_REQUESTS - 1, 1)).await.unwrap();
+        tx.send(pending(1, 1)).await.unwrap();
+        tx.send(pending(1, 1)).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(g(&mut rx, first), 2);
     }
 }
