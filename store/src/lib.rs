@@ -15,6 +15,7 @@ pub mod pb;
 pub mod progress;
 pub mod raft;
 pub mod server;
+pub mod thread;
 pub mod validate;
 pub mod watch;
 
@@ -27,7 +28,6 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 
@@ -131,7 +131,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let snap_dir = plan.data_dir.join("member").join("snap");
     let state_machine = raft::state_machine::StateMachine::new(kv.clone(), snap_dir);
     let network = Network::default();
-    let raft_thread = raft::runtime::RaftThread::start().context("starting the raft thread")?;
+    let raft_thread = thread::RuntimeThread::start("raft").context("starting the raft thread")?;
+    let lanes = thread::Lanes::start("serve").context("starting the server threads")?;
     let raft_network = network.clone();
     let (raft, resumed) = raft_thread
         .run(async move {
@@ -188,9 +189,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         min_lease_ttl,
     };
     // The proposer is a Raft-side task: it goes on the Raft thread too. Forwarding writes to
-    // the leader is gRPC client work: it stays here, with the servers.
+    // the leader is gRPC client work: it goes with the servers.
     let (node_kv, node_raft) = (kv.clone(), raft.clone());
-    let servers_runtime = tokio::runtime::Handle::current();
+    let servers_runtime = lanes.first().clone();
     let node = raft_thread
         .run(async move {
             Arc::new(Node::new(
@@ -206,61 +207,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = tokio::task::JoinSet::new();
+    let lanes = Arc::new(lanes);
     for listener in client_listeners {
-        let router = Server::builder()
-            .tcp_nodelay(true)
-            .layer(tower::util::MapResponseLayer::new(
-                server::oversize::fix_oversize,
-            ))
-            .add_service(
-                KvServer::new(server::kv::KvService { node: node.clone() })
+        let (node, stop, lanes) = (node.clone(), shutdown.clone(), lanes.clone());
+        let serve = move |incoming| {
+            Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    server::oversize::fix_oversize,
+                ))
+                .add_service(
+                    KvServer::new(server::kv::KvService { node: node.clone() })
+                        .max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    WatchServer::new(server::watch::WatchService { node: node.clone() })
+                        .max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    LeaseServer::new(server::lease::LeaseService { node: node.clone() })
+                        .max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    ClusterServer::new(server::cluster::ClusterService { node: node.clone() })
+                        .max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    MaintenanceServer::new(server::maintenance::MaintenanceService {
+                        node: node.clone(),
+                    })
                     .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                WatchServer::new(server::watch::WatchService { node: node.clone() })
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                LeaseServer::new(server::lease::LeaseService { node: node.clone() })
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                ClusterServer::new(server::cluster::ClusterService { node: node.clone() })
-                    .max_decoding_message_size(max_recv),
-            )
-            .add_service(
-                MaintenanceServer::new(server::maintenance::MaintenanceService {
-                    node: node.clone(),
-                })
-                .max_decoding_message_size(max_recv),
-            );
+                )
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        };
         let stop = shutdown.clone();
-        // etcd's Go clients may send a URL as :authority; see `server::authority`.
-        let incoming = futures::StreamExt::map(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            |conn| conn.map(server::authority::FixAuthority::new),
-        );
         servers.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled())
+            // etcd's Go clients may send a URL as :authority; see `server::authority`.
+            lanes
+                .serve(listener, server::authority::FixAuthority::new, serve, stop)
                 .await
                 .context("client server")
         });
     }
     for listener in peer_listeners {
-        let router = Server::builder().tcp_nodelay(true).add_service(
-            PeerServer::new(server::peer::PeerService { node: node.clone() })
-                .max_decoding_message_size(MAX_PEER_MESSAGE)
-                .max_encoding_message_size(MAX_PEER_MESSAGE),
-        );
+        let (node, stop, lanes) = (node.clone(), shutdown.clone(), lanes.clone());
+        let serve = move |incoming| {
+            Server::builder()
+                .add_service(
+                    PeerServer::new(server::peer::PeerService { node: node.clone() })
+                        .max_decoding_message_size(MAX_PEER_MESSAGE)
+                        .max_encoding_message_size(MAX_PEER_MESSAGE),
+                )
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        };
         let stop = shutdown.clone();
         servers.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(
-                    // Nagle's algorithm held Raft replies back for 40 ms at a time.
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stop.cancelled(),
-                )
+            lanes
+                .serve(listener, |s| s, serve, stop)
                 .await
                 .context("peer server")
         });

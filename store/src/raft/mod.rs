@@ -5,7 +5,6 @@
 pub mod codec;
 pub mod log_store;
 pub mod network;
-pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod wal;

@@ -1,0 +1,167 @@
+//! Threads with a single-threaded Tokio runtime each, for the two kinds of work a member does
+//! most: Raft (its core, replication streams, state-machine worker and proposer) and serving
+//! gRPC connections.
+//!
+//! Raft gets its own thread rather than running among the gRPC tasks: under load hundreds of
+//! request tasks queue on the server runtime, and a Raft core queued behind them would leave
+//! the disk idle between fsyncs. The OS scheduler wakes a thread that mostly sleeps promptly,
+//! so the next log append starts as soon as it can.
+//!
+//! Connections are served on single-threaded runtimes too ([`Lanes`]), each connection on one
+//! of them. A work-stealing runtime wakes its other workers for every woken task and runs a
+//! connection's writer right after each response that wakes it, one `writev` per response;
+//! on one thread the responses of a batch of writes complete first and the connection then
+//! writes them together, with fewer thread switches.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A thread running a single-threaded runtime; stops it when dropped.
+pub struct RuntimeThread {
+    handle: Handle,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RuntimeThread {
+    pub fn start(name: &str) -> std::io::Result<RuntimeThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("{name}-blocking"))
+            .build()?;
+        let handle = rt.handle().clone();
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                rt.block_on(until.cancelled());
+                // Tasks still running (replication streams of a stopped Raft) are dropped here.
+                rt.shutdown_background();
+            })?;
+        Ok(RuntimeThread {
+            handle,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Runs `f` on this thread and waits for its result.
+    pub async fn run<F>(&self, f: F) -> std::io::Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle
+            .spawn(f)
+            .await
+            .map_err(|e| std::io::Error::other(format!("{e}")))
+    }
+}
+
+impl Drop for RuntimeThread {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The threads that serve connections: half the cores (at least one), leaving the rest to
+/// Raft, the log writer and the state machine.
+pub struct Lanes {
+    threads: Vec<RuntimeThread>,
+    next: AtomicUsize,
+}
+
+/// Accepted connections handed to one lane, as the stream its server takes.
+pub type Incoming<IO> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<IO>> + Send + 'static>>;
+
+impl Lanes {
+    pub fn start(name: &str) -> std::io::Result<Lanes> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (0..(cores / 2).max(1))
+            .map(|i| RuntimeThread::start(&format!("{name}-{i}")))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Lanes {
+            threads,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The first lane, for tasks that belong with the servers.
+    pub fn first(&self) -> &Handle {
+        self.threads[0].handle()
+    }
+
+    /// Accepts connections on `listener` until `shutdown`, giving each to the next lane, where
+    /// `serve` runs a server over the connections that lane receives (each wrapped by `wrap`).
+    /// Returns when every lane's server has stopped.
+    pub async fn serve<IO, S, F>(
+        &self,
+        listener: TcpListener,
+        wrap: fn(TcpStream) -> IO,
+        serve: S,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        IO: Send + 'static,
+        S: Fn(Incoming<IO>) -> F,
+        F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    {
+        let mut lanes = Vec::new();
+        let mut servers = Vec::new();
+        for t in &self.threads {
+            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            let incoming = futures::StreamExt::map(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                move |s| {
+                    // Registered with the lane's own reactor: its I/O wakes only that thread.
+                    TcpStream::from_std(s).map(wrap)
+                },
+            );
+            servers.push(t.handle().spawn(serve(Box::pin(incoming))));
+            lanes.push(tx);
+        }
+        let accepted = async {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors, say: keep serving who is connected.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Requests and Raft messages are small: Nagle's delay would hold them back.
+                let _ = stream.set_nodelay(true);
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let lane = self.next.fetch_add(1, Ordering::Relaxed) % lanes.len();
+                let _ = lanes[lane].send(stream);
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = accepted => {}
+        }
+        drop(lanes);
+        for s in servers {
+            s.await??;
+        }
+        Ok(())
+    }
+}
