@@ -225,7 +225,9 @@ mod tests {
 
     #[test]
     fn results_reach_their_callers() {
-        let cases: Vec<(Vec<usize>, Result<Vec<ApplyResult>, ProposeError>, bool)> = vec![
+        // Writes per caller, what Raft answered, whether each caller gets results.
+        type Case = (Vec<usize>, Result<Vec<ApplyResult>, ProposeError>, bool);
+        let cases: Vec<Case> = vec![
             (vec![1, 1], Ok(vec![ok(), ok()]), true),
             (vec![2, 1], Ok(vec![ok(), ok(), ok()]), true),
             (vec![1, 1], Ok(vec![ok()]), false),
