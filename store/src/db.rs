@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
-use crate::mvcc::{Backend, BackendMut, Revision, StorageError};
+use crate::mvcc::{Backend, Revision, StorageError};
 use crate::pb::storepb::Record;
 
 /// Raft log entries by index (`LogEntry` protobuf), in `raft.redb`, where data dirs written
@@ -277,70 +277,5 @@ impl Backend for ReadKv<'_> {
             .map_err(|e| StorageError(format!("read {}: {e}", self.path.display())))?;
         got.map(|v| decode_record(self.path, rev, v.value()))
             .transpose()
-    }
-}
-
-/// History records and leases inside a write transaction (reads see its own writes).
-pub struct WriteKv<'t> {
-    pub kv: redb::Table<'t, (i64, i64), &'static [u8]>,
-    pub leases: redb::Table<'t, i64, i64>,
-    pub path: &'t Path,
-}
-
-impl<'t> WriteKv<'t> {
-    pub fn open(path: &'t Path, txn: &'t redb::WriteTransaction) -> Result<Self, StorageError> {
-        let err = |e: redb::TableError| StorageError(format!("open {}: {e}", path.display()));
-        Ok(WriteKv {
-            kv: txn.open_table(KV).map_err(err)?,
-            leases: txn.open_table(LEASES).map_err(err)?,
-            path,
-        })
-    }
-
-    fn err(&self, e: impl std::fmt::Display) -> StorageError {
-        write_err(self.path, e)
-    }
-}
-
-fn write_err(path: &Path, e: impl std::fmt::Display) -> StorageError {
-    StorageError(format!("write {}: {e}", path.display()))
-}
-
-impl Backend for WriteKv<'_> {
-    fn get(&self, rev: Revision) -> Result<Option<Record>, StorageError> {
-        let got = self.kv.get((rev.main, rev.sub)).map_err(|e| self.err(e))?;
-        got.map(|v| decode_record(self.path, rev, v.value()))
-            .transpose()
-    }
-}
-
-impl BackendMut for WriteKv<'_> {
-    fn put(&mut self, rev: Revision, record: &Record) -> Result<(), StorageError> {
-        let bytes = record.encode_to_vec();
-        self.kv
-            .insert((rev.main, rev.sub), bytes.as_slice())
-            .map_err(|e| write_err(self.path, e))?;
-        Ok(())
-    }
-
-    fn remove(&mut self, rev: Revision) -> Result<(), StorageError> {
-        self.kv
-            .remove((rev.main, rev.sub))
-            .map_err(|e| write_err(self.path, e))?;
-        Ok(())
-    }
-
-    fn put_lease(&mut self, id: i64, ttl: i64) -> Result<(), StorageError> {
-        let path = self.path;
-        self.leases
-            .insert(id, ttl)
-            .map_err(|e| write_err(path, e))?;
-        Ok(())
-    }
-
-    fn remove_lease(&mut self, id: i64) -> Result<(), StorageError> {
-        let path = self.path;
-        self.leases.remove(id).map_err(|e| write_err(path, e))?;
-        Ok(())
     }
 }

@@ -1,18 +1,27 @@
 //! The member's key-value state as the servers and Raft see it: the MVCC index in memory over
 //! the history in the database, the applied position, and the watch hub. The Raft state
 //! machine writes through [`Kv::apply`]; the gRPC services read through the other methods.
+//!
+//! Applying touches memory only: the key index, and the new history records kept beside it
+//! until a writer thread moves them into the database, every [`FLUSH_INTERVAL`] or sooner when
+//! [`FLUSH_BYTES`] pile up, in one transaction with the applied position they reach (as etcd's
+//! backend batches its commits). Readers look at those records first, then at the database.
+//! Most flushes skip the fsync; one a [`CHECKPOINT_INTERVAL`] makes everything durable. After a
+//! crash the database holds a checkpoint's state and position, and openraft replays the log
+//! from there: the log is only purged up to a snapshot, and snapshots are taken from a durable
+//! state ([`Kv::freeze`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use prost::Message;
 use redb::{Durability, ReadableTable};
 
-use crate::db::{self, Db, ReadKv, WriteKv};
+use crate::db::{self, Db, ReadKv};
 use crate::error::EtcdError;
-use crate::mvcc::{self, Mvcc, Revision, StorageError};
+use crate::mvcc::{self, Backend, BackendMut, Mvcc, Revision, StorageError};
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
@@ -25,12 +34,19 @@ use crate::progress::Progress;
 use crate::raft::{Entry, LogId, Response, StoredMembership};
 use crate::watch::Hub;
 
-/// How often the state machine makes its applied state durable. Between checkpoints a crash
-/// costs replaying the log from the last one, nothing more.
+/// How often applied writes are moved into the database.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes of history records waiting for the database that trigger a flush before the interval.
+pub const FLUSH_BYTES: usize = 4 << 20;
+/// How often a flush makes the database durable. Between checkpoints a crash costs replaying
+/// the log from the last one, nothing more.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A history record with the previous value of its key (when asked for).
 pub type HistoryItem = (Revision, Record, Option<KeyValue>);
+
+/// History records by revision, shared with readers while a flush writes them.
+type Records = BTreeMap<Revision, Arc<Record>>;
 
 /// Where the state machine stands in the log.
 #[derive(Debug, Clone, Default)]
@@ -39,19 +55,136 @@ pub struct AppliedState {
     pub membership: StoredMembership,
 }
 
+/// What was applied since the last flush began, besides history records.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Revisions compacted away (their records may be in the database).
+    removed: Vec<Revision>,
+    /// Lease TTLs granted, or `None` when revoked.
+    leases: BTreeMap<i64, Option<i64>>,
+    members: Vec<MemberAttributes>,
+    /// Encoded size of the records waiting, to flush early when it grows.
+    bytes: usize,
+}
+
+/// The key index and the history records not yet in the database, guarded together so a
+/// reader sees a record either here or in a database snapshot taken under the same lock.
+struct State {
+    mvcc: Mvcc,
+    /// Records applied since the last flush began.
+    unwritten: Records,
+    /// Records a flush is writing, readable here until its transaction has committed.
+    writing: Option<Arc<Records>>,
+    changes: Changes,
+}
+
+/// A record not yet in the database: applied since the last flush began, or being written.
+fn unwritten<'a>(
+    unwritten: &'a Records,
+    writing: Option<&'a Records>,
+    rev: Revision,
+) -> Option<&'a Arc<Record>> {
+    unwritten
+        .get(&rev)
+        .or_else(|| writing.and_then(|w| w.get(&rev)))
+}
+
+impl State {
+    fn record(&self, rev: Revision) -> Option<&Arc<Record>> {
+        unwritten(&self.unwritten, self.writing.as_deref(), rev)
+    }
+
+    /// Records not yet in the database with `from <= main <= to`.
+    fn records_between(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> impl Iterator<Item = (&Revision, &Arc<Record>)> {
+        let range = Revision::new(from, i64::MIN)..=Revision::new(to, i64::MAX);
+        let writing = self
+            .writing
+            .as_deref()
+            .into_iter()
+            .flat_map(move |w| w.range(range.clone()));
+        let range = Revision::new(from, i64::MIN)..=Revision::new(to, i64::MAX);
+        writing.chain(self.unwritten.range(range))
+    }
+}
+
+/// History under the state lock: records not yet written, then the database.
+struct Locked<'a> {
+    state: &'a State,
+    db: ReadKv<'a>,
+}
+
+impl Backend for Locked<'_> {
+    fn get(&self, rev: Revision) -> Result<Option<Record>, StorageError> {
+        match self.state.record(rev) {
+            Some(r) => Ok(Some(Record::clone(r))),
+            None => self.db.get(rev),
+        }
+    }
+}
+
+/// Where [`Kv::apply`] puts what it writes: into memory, for the next flush. Reads see the
+/// records not yet written, then the database (the few writes that read a record, such as a
+/// put asking for its previous value, open a read transaction).
+struct Buffered<'a> {
+    unwritten: &'a mut Records,
+    writing: Option<&'a Records>,
+    changes: &'a mut Changes,
+    db: &'a Db,
+}
+
+impl Backend for Buffered<'_> {
+    fn get(&self, rev: Revision) -> Result<Option<Record>, StorageError> {
+        if let Some(r) = unwritten(self.unwritten, self.writing, rev) {
+            return Ok(Some(Record::clone(r)));
+        }
+        let txn = self.db.read()?;
+        ReadKv::open(self.db, &txn)?.get(rev)
+    }
+}
+
+impl BackendMut for Buffered<'_> {
+    fn put(&mut self, rev: Revision, record: Record) -> Result<(), StorageError> {
+        self.changes.bytes += record.encoded_len();
+        self.unwritten.insert(rev, Arc::new(record));
+        Ok(())
+    }
+
+    fn remove(&mut self, rev: Revision) -> Result<(), StorageError> {
+        self.unwritten.remove(&rev);
+        self.changes.removed.push(rev);
+        Ok(())
+    }
+
+    fn put_lease(&mut self, id: i64, ttl: i64) -> Result<(), StorageError> {
+        self.changes.leases.insert(id, Some(ttl));
+        Ok(())
+    }
+
+    fn remove_lease(&mut self, id: i64) -> Result<(), StorageError> {
+        self.changes.leases.insert(id, None);
+        Ok(())
+    }
+}
+
 /// Shared state of one member's store.
 pub struct Kv {
     pub db: Arc<Db>,
-    mvcc: RwLock<Mvcc>,
+    state: RwLock<State>,
     pub hub: Hub,
     applied: Mutex<AppliedState>,
     members: RwLock<BTreeMap<u64, MemberAttributes>>,
     /// Raised alarms: (member ID, alarm type).
     alarms: RwLock<BTreeSet<(u64, i32)>>,
-    /// Set when an apply failed half-way: the index no longer matches the disk.
+    /// Set when an apply or a flush failed: memory no longer matches the disk.
     failed: Mutex<Option<String>>,
-    /// When the applied state was last made durable.
+    /// Held by the one flush in progress; when the database was last made durable.
     checkpointed: Mutex<Instant>,
+    /// Wakes the writer thread early.
+    wake: std::sync::mpsc::SyncSender<()>,
     /// The last applied log index, for linearizable reads to wait on.
     pub applied_index: Progress,
 }
@@ -93,23 +226,37 @@ fn read_meta_i64(
 }
 
 impl Kv {
-    /// Loads the state from the database: the applied position, counters, leases, members, and
-    /// the key index rebuilt from the history records.
-    pub fn open(db: Arc<Db>) -> Result<Kv, StorageError> {
+    /// Loads the state from the database (the applied position, counters, leases, members, and
+    /// the key index rebuilt from the history records) and starts the thread that moves applied
+    /// writes into the database.
+    pub fn open(db: Arc<Db>) -> Result<Arc<Kv>, StorageError> {
         let (mvcc, applied, members, alarms) = Self::load(&db)?;
         let hub = Hub::new(mvcc.revision());
         let applied_index = Progress::new(applied.log_id.map_or(0, |l| l.index as i64));
-        Ok(Kv {
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let kv = Arc::new(Kv {
             db,
-            mvcc: RwLock::new(mvcc),
+            state: RwLock::new(State {
+                mvcc,
+                unwritten: Records::new(),
+                writing: None,
+                changes: Changes::default(),
+            }),
             hub,
             applied: Mutex::new(applied),
             members: RwLock::new(members),
             alarms: RwLock::new(alarms),
             failed: Mutex::new(None),
             checkpointed: Mutex::new(Instant::now()),
+            wake,
             applied_index,
-        })
+        });
+        let weak = Arc::downgrade(&kv);
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || write_loop(weak, woken))
+            .map_err(|e| StorageError(format!("starting the database writer: {e}")))?;
+        Ok(kv)
     }
 
     #[allow(clippy::type_complexity)]
@@ -172,12 +319,12 @@ impl Kv {
         Ok((mvcc, applied, members, alarms))
     }
 
-    fn mvcc(&self) -> RwLockReadGuard<'_, Mvcc> {
-        self.mvcc.read().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn mvcc_mut(&self) -> RwLockWriteGuard<'_, Mvcc> {
-        self.mvcc.write().unwrap_or_else(|p| p.into_inner())
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn applied_lock(&self) -> MutexGuard<'_, AppliedState> {
@@ -196,6 +343,10 @@ impl Kv {
             .clone()
     }
 
+    fn fail(&self, e: &StorageError) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
     fn check(&self) -> Result<(), EtcdError> {
         match self.failure() {
             Some(f) => Err(EtcdError::Internal(f)),
@@ -204,11 +355,11 @@ impl Kv {
     }
 
     pub fn revision(&self) -> i64 {
-        self.mvcc().revision()
+        self.state().mvcc.revision()
     }
 
     pub fn compact_revision(&self) -> i64 {
-        self.mvcc().compact_revision()
+        self.state().mvcc.compact_revision()
     }
 
     /// Attributes published by members (name, client URLs).
@@ -229,30 +380,42 @@ impl Kv {
 
     /// Lease IDs with their granted TTL and attached keys.
     pub fn leases(&self) -> BTreeMap<i64, mvcc::LeaseState> {
-        self.mvcc().leases().clone()
+        self.state().mvcc.leases().clone()
     }
 
     /// Serves a range at the newest applied state (blocking: run off the async threads).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
         self.check()?;
-        let (plan, txn) = {
-            let m = self.mvcc();
-            let plan = m.plan_range(req, m.revision())?;
-            // Begun under the lock: the snapshot holds every record the plan names.
+        let (plan, held, txn) = {
+            let s = self.state();
+            let plan = s.mvcc.plan_range(req, s.mvcc.revision())?;
+            // Records not yet in the database are taken now; the others are read from a
+            // snapshot begun under the same lock, so each is in one or the other.
+            let held: Records = plan
+                .hits
+                .iter()
+                .filter_map(|rev| s.record(*rev).map(|r| (*rev, r.clone())))
+                .collect();
             let txn = self.db.read().map_err(internal)?;
-            (plan, txn)
+            (plan, held, txn)
         };
-        let be = ReadKv::open(&self.db, &txn).map_err(internal)?;
+        let be = Held {
+            held,
+            db: ReadKv::open(&self.db, &txn).map_err(internal)?,
+        };
         mvcc::execute_range(&be, req, plan).map_err(internal)
     }
 
     /// Serves a transaction that writes nothing (blocking).
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
         self.check()?;
-        let m = self.mvcc();
+        let s = self.state();
         let txn = self.db.read().map_err(internal)?;
-        let be = ReadKv::open(&self.db, &txn).map_err(internal)?;
-        m.read_txn(&be, req).map_err(internal)?
+        let be = Locked {
+            state: &s,
+            db: ReadKv::open(&self.db, &txn).map_err(internal)?,
+        };
+        s.mvcc.read_txn(&be, req).map_err(internal)?
     }
 
     /// History records with `from <= revision <= to` (at most about `max` of them and
@@ -267,17 +430,31 @@ impl Kv {
         max_bytes: usize,
         prev_kv: bool,
     ) -> Result<Result<(Vec<HistoryItem>, bool), i64>, StorageError> {
-        let m = self.mvcc();
-        if from < m.compact_revision() {
-            return Ok(Err(m.compact_revision()));
+        let s = self.state();
+        if from < s.mvcc.compact_revision() {
+            return Ok(Err(s.mvcc.compact_revision()));
         }
         let txn = self.db.read()?;
-        let be = ReadKv::open(&self.db, &txn)?;
-        let (records, complete) = be.scan(from, to, max, max_bytes)?;
+        let be = Locked {
+            state: &s,
+            db: ReadKv::open(&self.db, &txn)?,
+        };
+        let (on_disk, complete) = be.db.scan(from, to, max, max_bytes)?;
+        // Records not yet written are newer than those on disk (or the same ones, while a
+        // flush commits): they belong after the disk's, up to where the disk scan stopped.
+        let upto = if complete {
+            to
+        } else {
+            on_disk.last().map_or(to, |(r, _)| r.main)
+        };
+        let mut records: BTreeMap<Revision, Record> = on_disk.into_iter().collect();
+        for (rev, r) in s.records_between(from, upto) {
+            records.entry(*rev).or_insert_with(|| Record::clone(r));
+        }
         let mut out = Vec::with_capacity(records.len());
         for (rev, record) in records {
             let prev = match (&record.kv, prev_kv) {
-                (Some(kv), true) => self.prev_value(&m, &be, &kv.key, rev)?,
+                (Some(kv), true) => prev_value(&s.mvcc, &be, &kv.key, rev)?,
                 _ => None,
             };
             out.push((rev, record, prev));
@@ -287,36 +464,28 @@ impl Kv {
 
     /// The value `key` had just before `rev`, for a live event's `prev_kv`.
     pub fn prev_kv(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StorageError> {
-        let m = self.mvcc();
+        let s = self.state();
         let txn = self.db.read()?;
-        let be = ReadKv::open(&self.db, &txn)?;
-        self.prev_value(&m, &be, key, rev)
+        let be = Locked {
+            state: &s,
+            db: ReadKv::open(&self.db, &txn)?,
+        };
+        prev_value(&s.mvcc, &be, key, rev)
     }
 
-    fn prev_value(
-        &self,
-        m: &Mvcc,
-        be: &ReadKv<'_>,
-        key: &[u8],
-        rev: Revision,
-    ) -> Result<Option<KeyValue>, StorageError> {
-        use mvcc::Backend;
-        match m.prev_revision(key, rev) {
-            Some(prev) => Ok(be.get(prev)?.and_then(|r| r.kv)),
-            None => Ok(None),
-        }
-    }
-
-    /// Applies committed entries in one database transaction (no fsync: see [`crate::db`]),
-    /// then announces the new revisions to watchers.
+    /// Applies committed entries in memory (see the module header), then announces the new
+    /// revisions to watchers.
     pub fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         if let Some(f) = self.failure() {
             return Err(StorageError(f));
         }
         let started = std::time::Instant::now();
         let n = entries.len();
-        let mut m = self.mvcc_mut();
-        let result = self.apply_locked(&mut m, entries);
+        let (result, pending) = {
+            let mut s = self.state_mut();
+            let r = self.apply_locked(&mut s, entries);
+            (r, s.changes.bytes)
+        };
         tracing::trace!(entries = n, took = ?started.elapsed(), "applied");
         match result {
             Ok((responses, published)) => {
@@ -326,10 +495,13 @@ impl Kv {
                 if let Some(l) = self.applied_lock().log_id {
                     self.applied_index.advance(l.index as i64);
                 }
+                if pending >= FLUSH_BYTES {
+                    let _ = self.wake.try_send(());
+                }
                 Ok(responses)
             }
             Err(e) => {
-                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                self.fail(&e);
                 Err(e)
             }
         }
@@ -338,91 +510,56 @@ impl Kv {
     #[allow(clippy::type_complexity)]
     fn apply_locked(
         &self,
-        m: &mut Mvcc,
+        s: &mut State,
         entries: Vec<Entry>,
     ) -> Result<(Vec<Response>, Vec<(i64, Vec<crate::pb::mvccpb::Event>)>), StorageError> {
-        let db = &self.db;
-        let mut txn = db.db.begin_write().map_err(|e| db.err("begin apply", e))?;
-        let durable = self.checkpoint_due();
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(|e| db.err("begin apply", e))?;
-        }
         let mut responses = Vec::with_capacity(entries.len());
         let mut published = Vec::new();
         let mut applied = self.applied();
         let mut new_members = Vec::new();
         let mut alarms = self.alarms();
         let alarms_before = alarms.clone();
-        {
-            let mut be = WriteKv::open(&db.path, &txn)?;
-            for entry in entries {
-                applied.log_id = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => responses.push(empty()),
-                    EntryPayload::Membership(mem) => {
-                        applied.membership = StoredMembership::new(Some(entry.log_id), mem);
-                        responses.push(empty());
-                    }
-                    EntryPayload::Normal(proposal) => {
-                        let mut results = Vec::with_capacity(proposal.0.requests.len());
-                        for req in &proposal.0.requests {
-                            if let Some(internal_request::Request::MemberAttributes(a)) =
-                                &req.request
-                            {
-                                new_members.push(a.clone());
-                            }
-                            if let Some(internal_request::Request::Alarm(a)) = &req.request {
-                                results.push(apply_alarm(&mut alarms, a, m.revision()));
-                                continue;
-                            }
-                            let out = m.apply(&mut be, req)?;
-                            if !out.events.is_empty() {
-                                published.push((m.revision(), out.events));
-                            }
-                            results.push(out.result);
+        let State {
+            mvcc,
+            unwritten,
+            writing,
+            changes,
+        } = s;
+        let mut be = Buffered {
+            unwritten,
+            writing: writing.as_deref(),
+            changes,
+            db: &self.db,
+        };
+        for entry in entries {
+            applied.log_id = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(empty()),
+                EntryPayload::Membership(mem) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), mem);
+                    responses.push(empty());
+                }
+                EntryPayload::Normal(proposal) => {
+                    let mut results = Vec::with_capacity(proposal.0.requests.len());
+                    for req in &proposal.0.requests {
+                        if let Some(internal_request::Request::MemberAttributes(a)) = &req.request {
+                            new_members.push(a.clone());
                         }
-                        responses.push(Response(ProposalResult { results }));
+                        if let Some(internal_request::Request::Alarm(a)) = &req.request {
+                            results.push(apply_alarm(&mut alarms, a, mvcc.revision()));
+                            continue;
+                        }
+                        let out = mvcc.apply(&mut be, req)?;
+                        if !out.events.is_empty() {
+                            published.push((mvcc.revision(), out.events));
+                        }
+                        results.push(out.result);
                     }
-                }
-            }
-            let mut meta = txn
-                .open_table(db::META)
-                .map_err(|e| db.err("open meta", e))?;
-            let put = |meta: &mut redb::Table<&str, &[u8]>, k: &str, v: &[u8]| {
-                meta.insert(k, v)
-                    .map(|_| ())
-                    .map_err(|e| db.err("write meta", e))
-            };
-            put(&mut meta, db::META_APPLIED, &to_json(db, &applied.log_id)?)?;
-            put(
-                &mut meta,
-                db::META_MEMBERSHIP,
-                &to_json(db, &applied.membership)?,
-            )?;
-            put(&mut meta, db::META_REVISION, &db::i64_bytes(m.revision()))?;
-            put(
-                &mut meta,
-                db::META_COMPACT,
-                &db::i64_bytes(m.compact_revision()),
-            )?;
-            if alarms != alarms_before {
-                put(&mut meta, db::META_ALARMS, &to_json(db, &alarms)?)?;
-            }
-            if !new_members.is_empty() {
-                let mut t = txn
-                    .open_table(db::MEMBERS)
-                    .map_err(|e| db.err("open members", e))?;
-                for a in &new_members {
-                    t.insert(a.id, a.encode_to_vec().as_slice())
-                        .map_err(|e| db.err("write member", e))?;
+                    responses.push(Response(ProposalResult { results }));
                 }
             }
         }
-        txn.commit().map_err(|e| db.err("commit apply", e))?;
-        if durable {
-            *self.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
+        changes.members.extend(new_members.iter().cloned());
         *self.applied_lock() = applied;
         if alarms != alarms_before {
             *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
@@ -436,39 +573,124 @@ impl Kv {
         Ok((responses, published))
     }
 
-    /// Replaces the whole state with what was just written to the database by a snapshot
-    /// install, and tells watchers to catch up from disk.
-    pub fn reload(&self) -> Result<(), StorageError> {
-        let mut m = self.mvcc_mut();
-        let (mvcc, applied, members, alarms) = Self::load(&self.db)?;
-        *m = mvcc;
-        *self.applied_lock() = applied;
-        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
-        *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
-        self.hub.reset(m.revision());
-        if let Some(l) = self.applied_lock().log_id {
-            self.applied_index.advance(l.index as i64);
+    /// Moves what was applied into the database, in one transaction with the position it
+    /// reaches; durably when a checkpoint is due or `durable` asks for it.
+    pub fn flush(&self, durable: bool) -> Result<(), StorageError> {
+        let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        let durable = durable || checkpointed.elapsed() >= CHECKPOINT_INTERVAL;
+        let batch = {
+            let mut s = self.state_mut();
+            if s.unwritten.is_empty() && s.changes.removed.is_empty() && !durable {
+                return Ok(());
+            }
+            self.take_batch(&mut s)
+        };
+        let written = self.write_batch(&batch, durable);
+        self.state_mut().writing = None;
+        if let Err(e) = written {
+            self.fail(&e);
+            return Err(e);
+        }
+        if durable {
+            *checkpointed = Instant::now();
         }
         Ok(())
     }
 
-    fn checkpoint_due(&self) -> bool {
-        self.checkpointed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            >= CHECKPOINT_INTERVAL
+    /// Takes what is waiting, leaving it readable as `writing` until it is committed.
+    fn take_batch(&self, s: &mut State) -> Batch {
+        let records = Arc::new(std::mem::take(&mut s.unwritten));
+        s.writing = Some(records.clone());
+        Batch {
+            records,
+            changes: std::mem::take(&mut s.changes),
+            applied: self.applied(),
+            revision: s.mvcc.revision(),
+            compact_revision: s.mvcc.compact_revision(),
+            alarms: self.alarms(),
+        }
     }
 
-    /// Makes everything applied so far durable (one fsync of the state file).
-    fn checkpoint_locked(&self) -> Result<(), StorageError> {
-        let txn = self
-            .db
-            .db
-            .begin_write()
-            .map_err(|e| self.db.err("checkpoint", e))?;
-        txn.commit().map_err(|e| self.db.err("checkpoint", e))?;
-        *self.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    fn write_batch(&self, b: &Batch, durable: bool) -> Result<(), StorageError> {
+        let db = &self.db;
+        let started = Instant::now();
+        let mut txn = db.db.begin_write().map_err(|e| db.err("begin write", e))?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| db.err("begin write", e))?;
+        }
+        {
+            let w = |e: &dyn std::fmt::Display| db.err("write", e);
+            let mut kv = txn.open_table(db::KV).map_err(|e| w(&e))?;
+            let mut bytes = Vec::new();
+            for (rev, record) in b.records.iter() {
+                bytes.clear();
+                record.encode(&mut bytes).map_err(|e| w(&e))?;
+                kv.insert((rev.main, rev.sub), bytes.as_slice())
+                    .map_err(|e| w(&e))?;
+            }
+            for rev in &b.changes.removed {
+                kv.remove((rev.main, rev.sub)).map_err(|e| w(&e))?;
+            }
+            let mut leases = txn.open_table(db::LEASES).map_err(|e| w(&e))?;
+            for (id, ttl) in &b.changes.leases {
+                match ttl {
+                    Some(ttl) => leases.insert(*id, *ttl).map(|_| ()),
+                    None => leases.remove(*id).map(|_| ()),
+                }
+                .map_err(|e| w(&e))?;
+            }
+            let mut members = txn.open_table(db::MEMBERS).map_err(|e| w(&e))?;
+            for a in &b.changes.members {
+                members
+                    .insert(a.id, a.encode_to_vec().as_slice())
+                    .map_err(|e| w(&e))?;
+            }
+            let mut meta = txn.open_table(db::META).map_err(|e| w(&e))?;
+            let mut put = |k: &str, v: &[u8]| meta.insert(k, v).map(|_| ()).map_err(|e| w(&e));
+            put(db::META_APPLIED, &to_json(db, &b.applied.log_id)?)?;
+            put(db::META_MEMBERSHIP, &to_json(db, &b.applied.membership)?)?;
+            put(db::META_REVISION, &db::i64_bytes(b.revision))?;
+            put(db::META_COMPACT, &db::i64_bytes(b.compact_revision))?;
+            put(db::META_ALARMS, &to_json(db, &b.alarms)?)?;
+        }
+        txn.commit().map_err(|e| db.err("commit", e))?;
+        tracing::trace!(
+            records = b.records.len(),
+            durable,
+            took = ?started.elapsed(),
+            "flushed to the database"
+        );
+        Ok(())
+    }
+
+    /// Replaces the whole state with what `write` puts in the database (a snapshot install),
+    /// reloads it and tells watchers to catch up from disk. Applied writes not yet in the
+    /// database are dropped (the new state supersedes them); no flush runs meanwhile, so none
+    /// can write them over the new state.
+    pub fn replace<T>(&self, write: impl FnOnce(&Db) -> Result<T, String>) -> Result<T, String> {
+        let _flush = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        let out = write(&self.db)?;
+        self.reload().map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn reload(&self) -> Result<(), StorageError> {
+        let mut s = self.state_mut();
+        let (mvcc, applied, members, alarms) = Self::load(&self.db)?;
+        *s = State {
+            mvcc,
+            unwritten: Records::new(),
+            writing: None,
+            changes: Changes::default(),
+        };
+        *self.applied_lock() = applied;
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+        *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+        self.hub.reset(s.mvcc.revision());
+        if let Some(l) = self.applied_lock().log_id {
+            self.applied_index.advance(l.index as i64);
+        }
         Ok(())
     }
 
@@ -476,16 +698,82 @@ impl Kv {
     /// no apply is in progress. Since the log is only purged up to a snapshot, and snapshots
     /// are built from this, the log always reaches back to what the disk holds.
     pub fn freeze(&self) -> Result<Frozen, StorageError> {
-        let m = self.mvcc();
-        self.checkpoint_locked()?;
+        let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state_mut();
+        let batch = self.take_batch(&mut s);
+        let written = self.write_batch(&batch, true);
+        s.writing = None;
+        if let Err(e) = written {
+            self.fail(&e);
+            return Err(e);
+        }
+        *checkpointed = Instant::now();
         let txn = self.db.read()?;
         Ok(Frozen {
             txn,
-            applied: self.applied(),
-            revision: m.revision(),
-            compact_revision: m.compact_revision(),
-            alarms: self.alarms(),
+            applied: batch.applied,
+            revision: batch.revision,
+            compact_revision: batch.compact_revision,
+            alarms: batch.alarms,
         })
+    }
+}
+
+/// What one flush writes: the records and changes taken from memory and the state they bring
+/// the database to.
+struct Batch {
+    records: Arc<Records>,
+    changes: Changes,
+    applied: AppliedState,
+    revision: i64,
+    compact_revision: i64,
+    alarms: BTreeSet<(u64, i32)>,
+}
+
+/// A range's records: those taken from memory under the lock, then the database snapshot.
+struct Held<'a> {
+    held: Records,
+    db: ReadKv<'a>,
+}
+
+impl Backend for Held<'_> {
+    fn get(&self, rev: Revision) -> Result<Option<Record>, StorageError> {
+        match self.held.get(&rev) {
+            Some(r) => Ok(Some(Record::clone(r))),
+            None => self.db.get(rev),
+        }
+    }
+}
+
+fn prev_value(
+    m: &Mvcc,
+    be: &impl Backend,
+    key: &[u8],
+    rev: Revision,
+) -> Result<Option<KeyValue>, StorageError> {
+    match m.prev_revision(key, rev) {
+        Some(prev) => Ok(be.get(prev)?.and_then(|r| r.kv)),
+        None => Ok(None),
+    }
+}
+
+/// The writer thread: flushes every [`FLUSH_INTERVAL`], or when woken, until the state goes.
+fn write_loop(kv: Weak<Kv>, woken: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(FLUSH_INTERVAL) {
+            return;
+        }
+        let Some(kv) = kv.upgrade() else {
+            return;
+        };
+        if kv.failure().is_some() {
+            return;
+        }
+        if let Err(e) = kv.flush(false) {
+            tracing::error!(error = %e, "cannot write applied changes to the database");
+            return;
+        }
     }
 }
 
@@ -530,4 +818,121 @@ fn internal(e: StorageError) -> EtcdError {
 
 fn to_json(db: &Db, v: &impl serde::Serialize) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(v).map_err(|e| db.err("encode meta", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
+    use crate::pb::storepb::{InternalRequest, Proposal};
+    use crate::raft::Request;
+    use crate::raft::codec::log_id;
+
+    fn entry(index: u64, requests: Vec<internal_request::Request>) -> Entry {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Request(Proposal {
+                requests: requests
+                    .into_iter()
+                    .map(|r| InternalRequest { request: Some(r) })
+                    .collect(),
+            })),
+        }
+    }
+
+    fn put(k: &str, v: &str) -> internal_request::Request {
+        internal_request::Request::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Every key with its value, and the history from revision 2 as (revision, key, value).
+    type Seen = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(i64, Vec<u8>, Vec<u8>)>);
+
+    fn seen(kv: &Kv) -> Seen {
+        let all = kv
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        let (history, complete) = kv
+            .history(
+                kv.compact_revision().max(2),
+                kv.revision(),
+                10_000,
+                1 << 30,
+                false,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(complete);
+        let history = history
+            .into_iter()
+            .map(|(rev, r, _)| {
+                let kv = r.kv.unwrap_or_default();
+                (rev.main, kv.key, kv.value)
+            })
+            .collect();
+        (all, history)
+    }
+
+    #[test]
+    fn applied_writes_read_the_same_before_and_after_they_reach_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Kv::open(Arc::new(Db::open(dir.path(), 1 << 20).unwrap())).unwrap();
+        let kv = open();
+        kv.apply(vec![
+            entry(1, (0..10).map(|i| put(&format!("k{i}"), "a")).collect()),
+            entry(
+                2,
+                vec![
+                    put("k1", "b"),
+                    internal_request::Request::DeleteRange(DeleteRangeRequest {
+                        key: b"k3".to_vec(),
+                        ..Default::default()
+                    }),
+                ],
+            ),
+        ])
+        .unwrap();
+        let before = seen(&kv);
+        assert_eq!(before.0.len(), 9);
+        assert_eq!(before.1.len(), 12);
+        kv.flush(false).unwrap();
+        assert_eq!(seen(&kv), before, "the same once in the database");
+
+        // A compaction removes records whether or not they reached the database.
+        kv.apply(vec![
+            entry(3, vec![put("k2", "c")]),
+            entry(
+                4,
+                vec![internal_request::Request::Compaction(CompactionRequest {
+                    revision: 12,
+                    physical: false,
+                })],
+            ),
+        ])
+        .unwrap();
+        let compacted = seen(&kv);
+        kv.freeze().unwrap();
+        assert_eq!(seen(&kv), compacted);
+        // The writer thread may hold the state a moment longer: wait for the file to close.
+        let db = kv.db.clone();
+        drop(kv);
+        while Arc::strong_count(&db) > 1 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(db);
+        let kv = open();
+        assert_eq!(kv.applied().log_id, Some(log_id(1, 1, 4)));
+        assert_eq!(seen(&kv), compacted, "the same after a restart");
+    }
 }

@@ -88,7 +88,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("loading the state machine")?
         .context("loading the state machine")?;
-    let kv = Arc::new(kv);
     tracing::info!(
         path = %db.path.display(),
         revision = kv.revision(),

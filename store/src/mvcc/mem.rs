@@ -18,8 +18,8 @@ impl Backend for MemBackend {
 }
 
 impl BackendMut for MemBackend {
-    fn put(&mut self, rev: Revision, record: &Record) -> Result<(), StorageError> {
-        self.records.insert(rev, record.clone());
+    fn put(&mut self, rev: Revision, record: Record) -> Result<(), StorageError> {
+        self.records.insert(rev, record);
         Ok(())
     }
 

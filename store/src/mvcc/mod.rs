@@ -40,7 +40,7 @@ pub trait Backend {
 
 /// Write access, used while applying. A transaction must read its own writes.
 pub trait BackendMut: Backend {
-    fn put(&mut self, rev: Revision, record: &Record) -> Result<(), StorageError>;
+    fn put(&mut self, rev: Revision, record: Record) -> Result<(), StorageError>;
     fn remove(&mut self, rev: Revision) -> Result<(), StorageError>;
     fn put_lease(&mut self, id: i64, ttl: i64) -> Result<(), StorageError>;
     fn remove_lease(&mut self, id: i64) -> Result<(), StorageError>;
@@ -385,7 +385,7 @@ impl Mvcc {
         let rev = cx.next();
         be.put(
             rev,
-            &Record {
+            Record {
                 kv: Some(kv.clone()),
                 tombstone: false,
             },
@@ -453,7 +453,7 @@ impl Mvcc {
         let rev = cx.next();
         be.put(
             rev,
-            &Record {
+            Record {
                 kv: Some(kv.clone()),
                 tombstone: true,
             },

@@ -77,12 +77,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let kv = self.kv.clone();
-        // The apply commits to disk; keep it off the async worker threads.
-        tokio::task::spawn_blocking(move || kv.apply(entries))
-            .await
-            .map_err(sm_error)?
+        // In memory (the database is written behind it, see `crate::kv`): no need to leave
+        // the Raft thread.
+        self.kv
+            .apply(entries.into_iter().collect())
             .map_err(sm_error)
     }
 
@@ -123,16 +121,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dir = self.snap_dir.clone();
         let expected = meta.last_log_id;
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let installed = snapshot::install(&kv.db, &path).map_err(|e| e.to_string())?;
-            if installed.last_log_id != expected {
-                return Err(format!(
-                    "snapshot {} covers {:?}, expected {:?}",
-                    path.display(),
-                    installed.last_log_id,
-                    expected
-                ));
-            }
-            kv.reload().map_err(|e| e.to_string())?;
+            kv.replace(|db| {
+                let installed = snapshot::install(db, &path).map_err(|e| e.to_string())?;
+                if installed.last_log_id != expected {
+                    return Err(format!(
+                        "snapshot {} covers {:?}, expected {:?}",
+                        path.display(),
+                        installed.last_log_id,
+                        expected
+                    ));
+                }
+                Ok(())
+            })?;
             snapshot::remove_others(&dir, &path);
             Ok(())
         })

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -121,7 +121,9 @@ pub async fn watch_quota(node: Arc<Node>, shutdown: tokio_util::sync::Cancellati
 /// hash that is equal on members with equal state.
 fn hash_state(kv: &crate::kv::Kv, upto: i64, with_leases: bool) -> Result<u32, EtcdError> {
     let internal = |e: &dyn std::fmt::Display| EtcdError::Internal(e.to_string());
-    let txn = kv.db.db.begin_read().map_err(|e| internal(&e))?;
+    // Everything applied, in the database: applied writes wait in memory for a while.
+    let frozen = kv.freeze().map_err(|e| internal(&e))?;
+    let txn = &frozen.txn;
     let table = txn.open_table(db::KV).map_err(|e| internal(&e))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
