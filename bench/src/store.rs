@@ -395,8 +395,63 @@ async fn prefill(endpoints: &[String], value: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The load generator's HTTP/2 connection: requests go straight to hyper, without the tower
+/// buffer (and its task hop) of a tonic `Channel`, so the client spends less of the shared
+/// cores and both servers get more of them.
+#[derive(Clone)]
+struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+type H2Future = std::pin::Pin<
+    Box<dyn std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send>,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = H2Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// One HTTP/2 connection to `endpoint`, driven by the current runtime.
+async fn h2_client(endpoint: &str) -> anyhow::Result<KvClient<H2>> {
+    let uri: http::Uri = endpoint.parse()?;
+    let host = uri.host().context("endpoint without a host")?;
+    let port = uri.port_u16().context("endpoint without a port")?;
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("connect {endpoint}"))?;
+    tcp.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
+    tokio::spawn(conn);
+    Ok(KvClient::with_origin(H2(send), uri))
+}
+
+/// When a load step measures.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
 /// Runs `clients` closed-loop clients for a warm-up second plus `seconds`, timing every
-/// operation completed in the measured window.
+/// operation completed in the measured window. The clients are spread over one thread per
+/// core, each with a single-threaded runtime and its own connections (about one per 16
+/// clients, every endpoint used), so a client's requests and answers stay on one thread.
 async fn load(
     cluster: &Cluster,
     workload: Workload,
@@ -404,90 +459,64 @@ async fn load(
     seconds: u64,
     value_bytes: usize,
 ) -> anyhow::Result<Step> {
-    let chans = channels(&cluster.endpoints(), clients).await?;
+    let endpoints = cluster.endpoints();
+    let conns = clients.div_ceil(16).max(endpoints.len());
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(conns);
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs(1);
-    let end = measure_from + Duration::from_secs(seconds);
-    let mut tasks = Vec::with_capacity(clients);
-    for c in 0..clients {
-        let mut kv = KvClient::new(chans[c % chans.len()].clone());
+    let window = Window {
+        measure_from: start + Duration::from_secs(1),
+        end: start + Duration::from_secs(1 + seconds),
+    };
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        // Connection j belongs to thread j % threads; client c uses connection c % conns.
+        let mine: Vec<(usize, String)> = (t..conns)
+            .step_by(threads)
+            .map(|j| (j, endpoints[j % endpoints.len()].clone()))
+            .collect();
         let errors = errors.clone();
-        let value = vec![b'v'; value_bytes];
-        tasks.push(tokio::spawn(async move {
-            let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x1000_0001));
-            let mut lat = Vec::with_capacity(4096);
-            let cas_key = format!("cas/{c:04}").into_bytes();
-            let mut cas_rev = 0i64;
-            if workload == Workload::Cas {
-                match kv
-                    .put(PutRequest {
-                        key: cas_key.clone(),
-                        value: value.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(r) => cas_rev = r.into_inner().header.map_or(0, |h| h.revision),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for (j, endpoint) in mine {
+                    let kv = h2_client(&endpoint).await?;
+                    for c in (j..clients).step_by(conns) {
+                        let (kv, errors) = (kv.clone(), errors.clone());
+                        tasks.push(tokio::spawn(client_loop(
+                            kv,
+                            c,
+                            workload,
+                            window,
+                            value_bytes,
+                            errors,
+                        )));
                     }
                 }
-            }
-            loop {
-                let t = Instant::now();
-                if t >= end {
-                    break;
+                let mut lat = Vec::new();
+                for t in tasks {
+                    lat.extend(t.await?);
                 }
-                let ok = match workload {
-                    Workload::Put => kv
-                        .put(PutRequest {
-                            key: format!("put/{:06}", rng.next() % PUT_KEYS).into_bytes(),
-                            value: value.clone(),
-                            ..Default::default()
-                        })
-                        .await
-                        .is_ok(),
-                    Workload::Get => kv
-                        .range(RangeRequest {
-                            key: format!("get/{:04}", rng.next() % GET_KEYS as u64).into_bytes(),
-                            ..Default::default()
-                        })
-                        .await
-                        .is_ok(),
-                    Workload::Cas => match kv.txn(cas(&cas_key, cas_rev, &value)).await {
-                        Ok(r) => {
-                            let r = r.into_inner();
-                            if r.succeeded {
-                                cas_rev = r.header.map_or(cas_rev, |h| h.revision);
-                                true
-                            } else {
-                                // Someone else's swap (only after an error): resync.
-                                cas_rev = current_mod(&r).unwrap_or(cas_rev);
-                                false
-                            }
-                        }
-                        Err(_) => false,
-                    },
-                };
-                let done = Instant::now();
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                } else if t >= measure_from && done <= end {
-                    lat.push(done - t);
-                }
-            }
-            lat
+                Ok(lat)
+            })
         }));
     }
     // CPU of the servers over the measured window only.
-    tokio::time::sleep_until(measure_from.into()).await;
+    tokio::time::sleep_until(window.measure_from.into()).await;
     let cpu_before = cluster.cpu_ticks();
-    tokio::time::sleep_until(end.into()).await;
+    tokio::time::sleep_until(window.end.into()).await;
     let cpu_after = cluster.cpu_ticks();
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
+    for h in handles {
+        let lat = tokio::task::spawn_blocking(move || h.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        all.extend(lat);
     }
     let ops = all.len() as f64;
     let ticks = cpu_after.saturating_sub(cpu_before) as f64;
@@ -502,6 +531,81 @@ async fn load(
             0.0
         },
     })
+}
+
+/// One closed-loop client: the next request as soon as the previous one is answered.
+async fn client_loop(
+    mut kv: KvClient<H2>,
+    c: usize,
+    workload: Workload,
+    window: Window,
+    value_bytes: usize,
+    errors: Arc<AtomicU64>,
+) -> Vec<Duration> {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x1000_0001));
+    let mut lat = Vec::with_capacity(4096);
+    let value = vec![b'v'; value_bytes];
+    let cas_key = format!("cas/{c:04}").into_bytes();
+    let mut cas_rev = 0i64;
+    if workload == Workload::Cas {
+        match kv
+            .put(PutRequest {
+                key: cas_key.clone(),
+                value: value.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => cas_rev = r.into_inner().header.map_or(0, |h| h.revision),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    loop {
+        let t = Instant::now();
+        if t >= window.end {
+            break;
+        }
+        let ok = match workload {
+            Workload::Put => kv
+                .put(PutRequest {
+                    key: format!("put/{:06}", rng.next() % PUT_KEYS).into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+            Workload::Get => kv
+                .range(RangeRequest {
+                    key: format!("get/{:04}", rng.next() % GET_KEYS as u64).into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+            Workload::Cas => match kv.txn(cas(&cas_key, cas_rev, &value)).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.succeeded {
+                        cas_rev = r.header.map_or(cas_rev, |h| h.revision);
+                        true
+                    } else {
+                        // Someone else's swap (only after an error): resync.
+                        cas_rev = current_mod(&r).unwrap_or(cas_rev);
+                        false
+                    }
+                }
+                Err(_) => false,
+            },
+        };
+        let done = Instant::now();
+        if !ok {
+            errors.fetch_add(1, Ordering::Relaxed);
+        } else if t >= window.measure_from && done <= window.end {
+            lat.push(done - t);
+        }
+    }
+    lat
 }
 
 fn cas(key: &[u8], rev: i64, value: &[u8]) -> TxnRequest {
