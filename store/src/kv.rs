@@ -42,6 +42,9 @@ pub const FLUSH_BYTES: usize = 4 << 20;
 /// the log from the last one, nothing more.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most records a range may read on an async thread ([`Kv::small_range`]).
+pub const SMALL_RANGE: usize = 16;
+
 /// A history record with the previous value of its key (when asked for).
 pub type HistoryItem = (Revision, Record, Option<KeyValue>);
 
@@ -385,10 +388,30 @@ impl Kv {
 
     /// Serves a range at the newest applied state (blocking: run off the async threads).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
-        self.check()?;
-        let (plan, held, txn) = {
+        self.range_upto(req, usize::MAX)
+            .unwrap_or_else(|| Err(EtcdError::Internal("range refused".into())))
+    }
+
+    /// Serves a range that reads at most [`SMALL_RANGE`] records (a get, say), quick enough
+    /// for an async thread; `None` when it would read more.
+    pub fn small_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, EtcdError>> {
+        self.range_upto(req, SMALL_RANGE)
+    }
+
+    fn range_upto(
+        &self,
+        req: &RangeRequest,
+        most: usize,
+    ) -> Option<Result<RangeResponse, EtcdError>> {
+        if let Err(e) = self.check() {
+            return Some(Err(e));
+        }
+        let planned = (|| {
             let s = self.state();
             let plan = s.mvcc.plan_range(req, s.mvcc.revision())?;
+            if plan.hits.len() > most && !req.count_only {
+                return Ok(None);
+            }
             // Records not yet in the database are taken now; the others are read from a
             // snapshot begun under the same lock, so each is in one or the other.
             let held: Records = plan
@@ -397,13 +420,20 @@ impl Kv {
                 .filter_map(|rev| s.record(*rev).map(|r| (*rev, r.clone())))
                 .collect();
             let txn = self.db.read().map_err(internal)?;
-            (plan, held, txn)
+            Ok(Some((plan, held, txn)))
+        })();
+        let (plan, held, txn) = match planned {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
         };
-        let be = Held {
-            held,
-            db: ReadKv::open(&self.db, &txn).map_err(internal)?,
-        };
-        mvcc::execute_range(&be, req, plan).map_err(internal)
+        Some((|| {
+            let be = Held {
+                held,
+                db: ReadKv::open(&self.db, &txn).map_err(internal)?,
+            };
+            mvcc::execute_range(&be, req, plan).map_err(internal)
+        })())
     }
 
     /// Serves a transaction that writes nothing (blocking).

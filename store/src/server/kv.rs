@@ -58,7 +58,11 @@ impl Kv for KvService {
         if !req.serializable {
             self.node.linearize().await?;
         }
-        let mut resp = self.node.blocking(move |kv| kv.range(&req)).await?;
+        // A get reads a record or two: no need to leave this thread for it.
+        let mut resp = match self.node.kv.small_range(&req) {
+            Some(r) => r?,
+            None => self.node.blocking(move |kv| kv.range(&req)).await?,
+        };
         self.node.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
