@@ -11,13 +11,14 @@
 //! from there: the log is only purged up to a snapshot, and snapshots are taken from a durable
 //! state ([`Kv::freeze`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use prost::Message;
 use redb::{Durability, ReadableTable};
+use tokio::sync::oneshot;
 
 use crate::db::{self, Db, ReadKv};
 use crate::error::EtcdError;
@@ -173,6 +174,37 @@ impl BackendMut for Buffered<'_> {
     }
 }
 
+/// This member's proposals waiting for their results, by proposal ID (etcd's `wait`): the
+/// state machine hands each its results as it applies it, without waiting for Raft's core,
+/// which may be busy making the next entry durable.
+#[derive(Debug, Default)]
+pub struct Waiters(Mutex<HashMap<u64, oneshot::Sender<Vec<ApplyResult>>>>);
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Vec<ApplyResult>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the proposal `id` (call before proposing it).
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Vec<ApplyResult>> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    /// Stops waiting (the proposal failed).
+    pub fn cancel(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Vec<ApplyResult>>> {
+        if id == 0 {
+            return None;
+        }
+        self.lock().remove(&id)
+    }
+}
+
 /// Shared state of one member's store.
 pub struct Kv {
     pub db: Arc<Db>,
@@ -190,6 +222,8 @@ pub struct Kv {
     wake: std::sync::mpsc::SyncSender<()>,
     /// The last applied log index, for linearizable reads to wait on.
     pub applied_index: Progress,
+    /// Writes proposed here, waiting for their results.
+    pub proposals: Waiters,
 }
 
 /// A consistent, durable view of the state machine: a read transaction and the position and
@@ -253,6 +287,7 @@ impl Kv {
             checkpointed: Mutex::new(Instant::now()),
             wake,
             applied_index,
+            proposals: Waiters::default(),
         });
         let weak = Arc::downgrade(&kv);
         std::thread::Builder::new()
@@ -518,12 +553,15 @@ impl Kv {
         };
         tracing::trace!(entries = n, took = ?started.elapsed(), "applied");
         match result {
-            Ok((responses, published)) => {
+            Ok((responses, published, answers)) => {
                 for (rev, events) in published {
                     self.hub.publish(rev, events);
                 }
                 if let Some(l) = self.applied_lock().log_id {
                     self.applied_index.advance(l.index as i64);
+                }
+                for (tx, results) in answers {
+                    let _ = tx.send(results);
                 }
                 if pending >= FLUSH_BYTES {
                     let _ = self.wake.try_send(());
@@ -537,14 +575,10 @@ impl Kv {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn apply_locked(
-        &self,
-        s: &mut State,
-        entries: Vec<Entry>,
-    ) -> Result<(Vec<Response>, Vec<(i64, Vec<crate::pb::mvccpb::Event>)>), StorageError> {
+    fn apply_locked(&self, s: &mut State, entries: Vec<Entry>) -> Result<Applied, StorageError> {
         let mut responses = Vec::with_capacity(entries.len());
         let mut published = Vec::new();
+        let mut answers = Vec::new();
         let mut applied = self.applied();
         let mut new_members = Vec::new();
         let mut alarms = self.alarms();
@@ -585,7 +619,14 @@ impl Kv {
                         }
                         results.push(out.result);
                     }
-                    responses.push(Response(ProposalResult { results }));
+                    match self.proposals.take(proposal.0.id) {
+                        // Raft's own answer to that writer then carries nothing.
+                        Some(tx) => {
+                            answers.push((tx, results));
+                            responses.push(Response::default());
+                        }
+                        None => responses.push(Response(ProposalResult { results })),
+                    }
                 }
             }
         }
@@ -600,7 +641,7 @@ impl Kv {
                 members.insert(a.id, a);
             }
         }
-        Ok((responses, published))
+        Ok((responses, published, answers))
     }
 
     /// Moves what was applied into the database, in one transaction with the position it
@@ -749,6 +790,14 @@ impl Kv {
     }
 }
 
+/// What applying entries produced: Raft's responses, the events of each new revision, and the
+/// results for this member's waiting writers.
+type Applied = (
+    Vec<Response>,
+    Vec<(i64, Vec<crate::pb::mvccpb::Event>)>,
+    Vec<(oneshot::Sender<Vec<ApplyResult>>, Vec<ApplyResult>)>,
+);
+
 /// What one flush writes: the records and changes taken from memory and the state they bring
 /// the database to.
 struct Batch {
@@ -866,6 +915,7 @@ mod tests {
                     .into_iter()
                     .map(|r| InternalRequest { request: Some(r) })
                     .collect(),
+                id: 0,
             })),
         }
     }
@@ -912,6 +962,26 @@ mod tests {
             })
             .collect();
         (all, history)
+    }
+
+    #[test]
+    fn a_waiting_proposal_gets_its_results_from_the_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(Arc::new(Db::open(dir.path(), 1 << 20).unwrap())).unwrap();
+        let mut waiting = kv.proposals.register(9);
+        let mut mine = entry(1, vec![put("a", "1"), put("b", "2")]);
+        if let EntryPayload::Normal(Request(p)) = &mut mine.payload {
+            p.id = 9;
+        }
+        let others = entry(2, vec![put("c", "3")]);
+        let responses = kv.apply(vec![mine, others]).unwrap();
+        let results = waiting.try_recv().expect("handed over at apply");
+        assert_eq!(results.len(), 2);
+        assert!(
+            responses[0].0.results.is_empty(),
+            "Raft's answer carries nothing"
+        );
+        assert_eq!(responses[1].0.results.len(), 1);
     }
 
     #[test]

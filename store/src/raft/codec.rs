@@ -97,6 +97,7 @@ mod tests {
                 log_id: log_id(2, 7, 2),
                 payload: EntryPayload::Normal(Request(Proposal {
                     requests: vec![put.clone(), put],
+                    id: 7,
                 })),
             },
             Entry {

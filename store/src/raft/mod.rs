@@ -99,6 +99,7 @@ mod tests {
                     ..Default::default()
                 })),
             }],
+            id: 42,
         });
         let json = serde_json::to_string(&r).unwrap();
         let back: Request = serde_json::from_str(&json).unwrap();

@@ -123,7 +123,7 @@ async fn call(deps: &Deps, requests: Vec<InternalRequest>) -> Result<Vec<ApplyRe
     let leader = other_leader(&deps.raft, deps.member_id);
     let mut client = deps.peers.leader(leader.as_ref())?;
     let results = client
-        .propose(Proposal { requests })
+        .propose(Proposal { requests, id: 0 })
         .await
         .map_err(status_to_etcd)?
         .into_inner()

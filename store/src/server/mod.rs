@@ -195,7 +195,7 @@ impl Node {
             client_urls,
             token,
         } = id;
-        let proposer = proposer::Proposer::start(raft.clone(), log);
+        let proposer = proposer::Proposer::start(raft.clone(), log, kv.clone());
         let peers = Arc::new(PeerClients::default());
         let forwarder = forward::Forwarder::start(
             forward_on,

@@ -12,6 +12,7 @@ use openraft::error::ClientWriteError;
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::kv::Kv;
 use crate::pb::storepb::{ApplyResult, InternalRequest, Proposal};
 use crate::raft::log_store::LogProgress;
 use crate::raft::{Member, Raft, Request};
@@ -62,10 +63,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task over `raft`, pacing entries to the log's fsyncs.
-    pub fn start(raft: Raft, log: LogProgress) -> Proposer {
+    /// Starts the batching task over `raft`, pacing entries to the log's fsyncs; `kv`'s state
+    /// machine hands back the results.
+    pub fn start(raft: Raft, log: LogProgress, kv: Arc<Kv>) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, log, rx));
+        tokio::spawn(run(raft, log, kv, rx));
         Proposer { tx }
     }
 
@@ -94,8 +96,11 @@ impl Proposer {
 }
 
 /// Takes writes off the queue as batches, one entry per log fsync.
-async fn run(raft: Raft, mut log: LogProgress, mut rx: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // Random per process, so an entry proposed before a restart and replayed after it can
+    // never be taken for a new one.
+    let mut next_id: u64 = rand::random();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -113,26 +118,42 @@ async fn run(raft: Raft, mut log: LogProgress, mut rx: mpsc::Receiver<Pending>) 
         // This entry goes out in one of the next append calls; counting from here means the
         // wait below ends no later than when it is durable.
         let durable = log.appended() + 1;
+        next_id = next_id.wrapping_add(1).max(1);
+        let id = next_id;
+        let mut applied = kv.proposals.register(id);
         // Handing the entry to Raft here, in order, keeps batches in arrival order.
-        let mut pending = match raft.client_write_ff(Request(Proposal { requests })).await {
+        let proposal = Request(Proposal { requests, id });
+        let mut answer = match raft.client_write_ff(proposal).await {
             Ok(rx) => rx,
             Err(_) => {
+                kv.proposals.cancel(id);
                 deliver(dones, Err(ProposeError::Stopped));
                 continue;
             }
         };
         // Writes that arrive while this entry's fsync runs form the next batch.
         tokio::select! {
-            answer = &mut pending => {
-                deliver(dones, outcome(answer));
+            biased;
+            results = &mut applied => {
+                deliver(dones, results.map_err(|_| ProposeError::Stopped));
+                continue;
+            }
+            a = &mut answer => {
+                deliver(dones, outcome(&kv, id, a, &mut applied));
                 continue;
             }
             _ = log.wait_flushed(durable) => {}
             _ = tokio::time::sleep(PACE_LIMIT) => {}
         }
+        let kv = kv.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            deliver(dones, outcome(pending.await));
+            let result = tokio::select! {
+                biased;
+                results = &mut applied => results.map_err(|_| ProposeError::Stopped),
+                a = &mut answer => outcome(&kv, id, a, &mut applied),
+            };
+            deliver(dones, result);
         });
     }
 }
@@ -145,7 +166,18 @@ type Answer = Result<
     oneshot::error::RecvError,
 >;
 
-fn outcome(answer: Answer) -> Result<Vec<ApplyResult>, ProposeError> {
+/// The results of proposal `id` once Raft answered: handed over by the state machine when it
+/// applied the entry (Raft's own answer is then empty), or Raft's error.
+fn outcome(
+    kv: &Kv,
+    id: u64,
+    answer: Answer,
+    applied: &mut oneshot::Receiver<Vec<ApplyResult>>,
+) -> Result<Vec<ApplyResult>, ProposeError> {
+    if let Ok(results) = applied.try_recv() {
+        return Ok(results);
+    }
+    kv.proposals.cancel(id);
     match answer {
         Err(_) => Err(ProposeError::Stopped),
         Ok(Ok(resp)) => Ok(resp.data.0.results),
