@@ -84,6 +84,60 @@ pub struct Lanes {
     next: AtomicUsize,
 }
 
+/// Something to run on a lane: handing an answer to a request task there.
+pub type Delivery = Box<dyn FnOnce() + Send>;
+
+/// A lane's inbox for answers. Answers sent one by one from another thread wake the lane for
+/// each, and it writes each to its connection alone; handed over together, they wake it once,
+/// their request tasks run back to back, and each connection writes them with one `writev`.
+#[derive(Clone)]
+pub struct Inbox {
+    lane: usize,
+    tx: mpsc::UnboundedSender<Vec<Delivery>>,
+}
+
+thread_local! {
+    static INBOX: std::cell::RefCell<Option<Inbox>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Inbox {
+    /// The inbox of the lane this runs on, if it runs on one.
+    pub fn current() -> Option<Inbox> {
+        INBOX.with(|i| i.borrow().clone())
+    }
+}
+
+/// Answers gathered by the lane waiting for them, then handed over one message per lane.
+#[derive(Default)]
+pub struct Deliveries {
+    lanes: Vec<(Inbox, Vec<Delivery>)>,
+}
+
+impl Deliveries {
+    /// Runs `f` on `inbox`'s lane when sent, or here and now without one.
+    pub fn add(&mut self, inbox: Option<&Inbox>, f: impl FnOnce() + Send + 'static) {
+        let Some(inbox) = inbox else {
+            f();
+            return;
+        };
+        match self.lanes.iter_mut().find(|(i, _)| i.lane == inbox.lane) {
+            Some((_, batch)) => batch.push(Box::new(f)),
+            None => self.lanes.push((inbox.clone(), vec![Box::new(f)])),
+        }
+    }
+
+    pub fn send(self) {
+        for (inbox, batch) in self.lanes {
+            if let Err(undelivered) = inbox.tx.send(batch) {
+                // The lane stopped: run them here (the receivers are gone or going).
+                for f in undelivered.0 {
+                    f();
+                }
+            }
+        }
+    }
+}
+
 /// Accepted connections handed to one lane, as the stream its server takes.
 pub type Incoming<IO> =
     std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<IO>> + Send + 'static>>;
@@ -91,9 +145,21 @@ pub type Incoming<IO> =
 impl Lanes {
     pub fn start(name: &str) -> std::io::Result<Lanes> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (0..(cores / 2).max(1))
+        let threads: Vec<RuntimeThread> = (0..(cores / 2).max(1))
             .map(|i| RuntimeThread::start(&format!("{name}-{i}")))
             .collect::<std::io::Result<_>>()?;
+        for (lane, t) in threads.iter().enumerate() {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
+            let inbox = Inbox { lane, tx };
+            t.handle().spawn(async move {
+                INBOX.with(|i| *i.borrow_mut() = Some(inbox));
+                while let Some(batch) = rx.recv().await {
+                    for f in batch {
+                        f();
+                    }
+                }
+            });
+        }
         Ok(Lanes {
             threads,
             next: AtomicUsize::new(0),

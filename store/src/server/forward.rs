@@ -14,6 +14,7 @@ use crate::error::EtcdError;
 use crate::kv::Kv;
 use crate::pb::storepb::{ApplyResult, InternalRequest, Proposal};
 use crate::raft::Raft;
+use crate::thread::{Deliveries, Inbox};
 
 /// Most writes in one call.
 const MAX_BATCH_REQUESTS: usize = 1024;
@@ -30,6 +31,8 @@ struct Forward {
     req: InternalRequest,
     size: usize,
     done: Done,
+    /// The lane the caller waits on.
+    inbox: Option<Inbox>,
 }
 
 impl Batched for Forward {
@@ -66,8 +69,14 @@ impl Forwarder {
     pub async fn forward(&self, req: InternalRequest) -> Result<ApplyResult, EtcdError> {
         let (done, rx) = oneshot::channel();
         let size = prost::Message::encoded_len(&req);
+        let inbox = Inbox::current();
         self.tx
-            .send(Forward { req, size, done })
+            .send(Forward {
+                req,
+                size,
+                done,
+                inbox,
+            })
             .await
             .map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?
@@ -87,33 +96,40 @@ async fn run(deps: Arc<Deps>, mut rx: mpsc::Receiver<Forward>) {
         let deps = deps.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (requests, dones): (Vec<InternalRequest>, Vec<Done>) =
-                batch.into_iter().map(|f| (f.req, f.done)).unzip();
+            let (requests, dones): (Vec<InternalRequest>, Vec<(Done, Option<Inbox>)>) = batch
+                .into_iter()
+                .map(|f| (f.req, (f.done, f.inbox)))
+                .unzip();
             let outcome = tokio::time::timeout(deps.timeout, call(&deps, requests))
                 .await
                 .unwrap_or(Err(EtcdError::Timeout));
+            let outcome = match outcome {
+                Ok(results) if results.len() != dones.len() => Err(EtcdError::Internal(format!(
+                    "the leader answered {} results for {} writes",
+                    results.len(),
+                    dones.len()
+                ))),
+                other => other,
+            };
+            let mut out = Deliveries::default();
             match outcome {
-                Ok(results) if results.len() == dones.len() => {
-                    for (done, r) in dones.into_iter().zip(results) {
-                        let _ = done.send(Ok(r));
-                    }
-                }
                 Ok(results) => {
-                    let e = EtcdError::Internal(format!(
-                        "the leader answered {} results for {} writes",
-                        results.len(),
-                        dones.len()
-                    ));
-                    for done in dones {
-                        let _ = done.send(Err(e.clone()));
+                    for ((done, inbox), r) in dones.into_iter().zip(results) {
+                        out.add(inbox.as_ref(), move || {
+                            let _ = done.send(Ok(r));
+                        });
                     }
                 }
                 Err(e) => {
-                    for done in dones {
-                        let _ = done.send(Err(e.clone()));
+                    for (done, inbox) in dones {
+                        let e = e.clone();
+                        out.add(inbox.as_ref(), move || {
+                            let _ = done.send(Err(e));
+                        });
                     }
                 }
             }
+            out.send();
         });
     }
 }

@@ -16,6 +16,7 @@ use crate::kv::Kv;
 use crate::pb::storepb::{ApplyResult, InternalRequest, Proposal};
 use crate::raft::log_store::LogProgress;
 use crate::raft::{Member, Raft, Request};
+use crate::thread::{Deliveries, Inbox};
 
 /// Most writes in one entry.
 const MAX_BATCH_REQUESTS: usize = 1024;
@@ -48,6 +49,8 @@ struct Pending {
     reqs: Vec<InternalRequest>,
     size: usize,
     done: Done,
+    /// The lane the caller waits on.
+    inbox: Option<Inbox>,
 }
 
 impl Batched for Pending {
@@ -87,8 +90,14 @@ impl Proposer {
     ) -> Result<Vec<ApplyResult>, ProposeError> {
         let (done, rx) = oneshot::channel();
         let size = reqs.iter().map(Message::encoded_len).sum();
+        let inbox = Inbox::current();
         self.tx
-            .send(Pending { reqs, size, done })
+            .send(Pending {
+                reqs,
+                size,
+                done,
+                inbox,
+            })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -112,7 +121,7 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
         let mut requests = Vec::new();
         let mut dones = Vec::with_capacity(batch.len());
         for p in batch {
-            dones.push((p.reqs.len(), p.done));
+            dones.push((p.reqs.len(), p.done, p.inbox));
             requests.extend(p.reqs);
         }
         // This entry goes out in one of the next append calls; counting from here means the
@@ -219,9 +228,10 @@ pub(crate) fn gather<T: Batched>(
     batch
 }
 
-/// Hands each waiting caller its own results: `dones` says how many writes each one sent.
-fn deliver(dones: Vec<(usize, Done)>, outcome: Result<Vec<ApplyResult>, ProposeError>) {
-    let sent: usize = dones.iter().map(|(n, _)| n).sum();
+/// Hands each waiting caller its own results: `dones` says how many writes each one sent, and
+/// on which lane it waits (answers for one lane go over together).
+fn deliver(dones: Vec<Waiting>, outcome: Result<Vec<ApplyResult>, ProposeError>) {
+    let sent: usize = dones.iter().map(|(n, _, _)| n).sum();
     let outcome = match outcome {
         Ok(results) if results.len() != sent => Err(ProposeError::Other(format!(
             "applied {} results for {sent} writes",
@@ -229,20 +239,31 @@ fn deliver(dones: Vec<(usize, Done)>, outcome: Result<Vec<ApplyResult>, ProposeE
         ))),
         other => other,
     };
+    let mut out = Deliveries::default();
     match outcome {
         Ok(results) => {
             let mut results = results.into_iter();
-            for (n, done) in dones {
-                let _ = done.send(Ok(results.by_ref().take(n).collect()));
+            for (n, done, inbox) in dones {
+                let mine: Vec<ApplyResult> = results.by_ref().take(n).collect();
+                out.add(inbox.as_ref(), move || {
+                    let _ = done.send(Ok(mine));
+                });
             }
         }
         Err(e) => {
-            for (_, done) in dones {
-                let _ = done.send(Err(e.clone()));
+            for (_, done, inbox) in dones {
+                let e = e.clone();
+                out.add(inbox.as_ref(), move || {
+                    let _ = done.send(Err(e));
+                });
             }
         }
     }
+    out.send();
 }
+
+/// A caller waiting for its writes: how many, where to answer, on which lane.
+type Waiting = (usize, Done, Option<Inbox>);
 
 #[cfg(test)]
 mod tests {
@@ -266,11 +287,11 @@ mod tests {
             (vec![1, 2, 1], Err(ProposeError::Stopped), false),
         ];
         for (sizes, outcome, each_ok) in cases {
-            let (dones, rxs): (Vec<(usize, Done)>, Vec<_>) = sizes
+            let (dones, rxs): (Vec<Waiting>, Vec<_>) = sizes
                 .iter()
                 .map(|&n| {
                     let (tx, rx) = oneshot::channel();
-                    ((n, tx), (n, rx))
+                    ((n, tx, None), (n, rx))
                 })
                 .unzip();
             deliver(dones, outcome);
@@ -293,6 +314,7 @@ mod tests {
             reqs: vec![InternalRequest::default(); writes],
             size,
             done: oneshot::channel().0,
+            inbox: None,
         };
         for _ in 0..(MAX_BATCH_REQUESTS + 10) {
             tx.send(pending(1, 1)).await.unwrap();
