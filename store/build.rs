@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
+        .bytes(".storepb.LogEntry.normal")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -604,8 +604,9 @@ impl Kv {
                     responses.push(empty());
                 }
                 EntryPayload::Normal(proposal) => {
-                    let mut results = Vec::with_capacity(proposal.0.requests.len());
-                    for req in &proposal.0.requests {
+                    let proposal = proposal.proposal();
+                    let mut results = Vec::with_capacity(proposal.requests.len());
+                    for req in &proposal.requests {
                         if let Some(internal_request::Request::MemberAttributes(a)) = &req.request {
                             new_members.push(a.clone());
                         }
@@ -619,7 +620,7 @@ impl Kv {
                         }
                         results.push(out.result);
                     }
-                    match self.proposals.take(proposal.0.id) {
+                    match self.proposals.take(proposal.id) {
                         // Raft's own answer to that writer then carries nothing.
                         Some(tx) => {
                             answers.push((tx, results));
@@ -910,7 +911,7 @@ mod tests {
     fn entry(index: u64, requests: Vec<internal_request::Request>) -> Entry {
         Entry {
             log_id: log_id(1, 1, index),
-            payload: EntryPayload::Normal(Request(Proposal {
+            payload: EntryPayload::Normal(Request::new(Proposal {
                 requests: requests
                     .into_iter()
                     .map(|r| InternalRequest { request: Some(r) })
@@ -970,8 +971,10 @@ mod tests {
         let kv = Kv::open(Arc::new(Db::open(dir.path(), 1 << 20).unwrap())).unwrap();
         let mut waiting = kv.proposals.register(9);
         let mut mine = entry(1, vec![put("a", "1"), put("b", "2")]);
-        if let EntryPayload::Normal(Request(p)) = &mut mine.payload {
+        if let EntryPayload::Normal(r) = &mine.payload {
+            let mut p = r.proposal().clone();
             p.id = 9;
+            mine.payload = EntryPayload::Normal(Request::new(p));
         }
         let others = entry(2, vec![put("c", "3")]);
         let responses = kv.apply(vec![mine, others]).unwrap();

@@ -390,9 +390,14 @@ impl Mvcc {
                 tombstone: false,
             },
         )?;
-        let ki = self.index.entry(req.key.clone()).or_default();
-        ki.put(rev);
-        ki.lease = lease;
+        // Most puts update a key that exists: copy the key only for a new one.
+        if !self.index.contains_key(req.key.as_slice()) {
+            self.index.insert(req.key.clone(), KeyIndex::default());
+        }
+        if let Some(ki) = self.index.get_mut(req.key.as_slice()) {
+            ki.put(rev);
+            ki.lease = lease;
+        }
         if old_lease != lease {
             if let Some(l) = self.leases.get_mut(&old_lease) {
                 l.keys.remove(&req.key);

@@ -30,7 +30,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
 pub fn to_proto(entry: &Entry) -> LogEntry {
     let payload = match &entry.payload {
         EntryPayload::Blank => log_entry::Payload::Blank(Empty {}),
-        EntryPayload::Normal(r) => log_entry::Payload::Normal(r.0.clone()),
+        EntryPayload::Normal(r) => log_entry::Payload::Normal(r.encoded().clone()),
         EntryPayload::Membership(m) => log_entry::Payload::MembershipJson(
             // A Membership is plain maps and sets of integers and strings.
             serde_json::to_vec(m).unwrap_or_default(),
@@ -47,7 +47,7 @@ pub fn to_proto(entry: &Entry) -> LogEntry {
 pub fn from_proto(e: LogEntry) -> Result<Entry, DecodeError> {
     let payload = match e.payload.ok_or(DecodeError::NoPayload)? {
         log_entry::Payload::Blank(_) => EntryPayload::Blank,
-        log_entry::Payload::Normal(r) => EntryPayload::Normal(Request(r)),
+        log_entry::Payload::Normal(r) => EntryPayload::Normal(Request::decode(r)?),
         log_entry::Payload::MembershipJson(j) => {
             EntryPayload::Membership(serde_json::from_slice(&j)?)
         }
@@ -95,7 +95,7 @@ mod tests {
             },
             Entry {
                 log_id: log_id(2, 7, 2),
-                payload: EntryPayload::Normal(Request(Proposal {
+                payload: EntryPayload::Normal(Request::new(Proposal {
                     requests: vec![put.clone(), put],
                     id: 7,
                 })),

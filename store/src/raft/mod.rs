@@ -9,6 +9,9 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod wal;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -42,37 +45,77 @@ pub struct Member {
     pub peer_urls: Vec<String>,
 }
 
-/// The state-machine commands carried by a log entry.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Request(pub Proposal);
+/// The state-machine commands carried by a log entry, with their protobuf encoding: encoded
+/// once where proposed (or received so from the leader), then written to the log and sent to
+/// every follower as they are. Clones share both.
+#[derive(Clone, Default, PartialEq)]
+pub struct Request(Arc<Carried>);
+
+#[derive(Default, PartialEq)]
+struct Carried {
+    proposal: Proposal,
+    encoded: Bytes,
+}
+
+impl Request {
+    pub fn new(proposal: Proposal) -> Request {
+        let encoded = proposal.encode_to_vec().into();
+        Request(Arc::new(Carried { proposal, encoded }))
+    }
+
+    pub fn decode(encoded: Bytes) -> Result<Request, prost::DecodeError> {
+        let proposal = Proposal::decode(encoded.clone())?;
+        Ok(Request(Arc::new(Carried { proposal, encoded })))
+    }
+
+    pub fn proposal(&self) -> &Proposal {
+        &self.0.proposal
+    }
+
+    pub fn encoded(&self) -> &Bytes {
+        &self.0.encoded
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.proposal.fmt(f)
+    }
+}
 
 /// What applying a [`Request`] returned, one result per command.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Response(pub ProposalResult);
 
-/// openraft wants serde on its payloads; they are protobuf messages, so they travel as the
-/// protobuf bytes.
-macro_rules! serde_as_protobuf {
-    ($t:ty) => {
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0.encode_to_vec())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
-                Message::decode(bytes.as_slice())
-                    .map(Self)
-                    .map_err(serde::de::Error::custom)
-            }
-        }
-    };
+// openraft wants serde on its payloads; they are protobuf messages, so they travel as the
+// protobuf bytes.
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.encoded())
+    }
 }
 
-serde_as_protobuf!(Request);
-serde_as_protobuf!(Response);
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        Request::decode(bytes.into()).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        Message::decode(bytes.as_slice())
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Wraps an I/O failure for openraft, naming what was being done.
 pub fn io_error(
@@ -91,7 +134,7 @@ mod tests {
 
     #[test]
     fn request_serde_round_trip() {
-        let r = Request(Proposal {
+        let r = Request::new(Proposal {
             requests: vec![InternalRequest {
                 request: Some(internal_request::Request::Put(PutRequest {
                     key: b"k".to_vec(),

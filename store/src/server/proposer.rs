@@ -131,7 +131,7 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
         let id = next_id;
         let mut applied = kv.proposals.register(id);
         // Handing the entry to Raft here, in order, keeps batches in arrival order.
-        let proposal = Request(Proposal { requests, id });
+        let proposal = Request::new(Proposal { requests, id });
         let mut answer = match raft.client_write_ff(proposal).await {
             Ok(rx) => rx,
             Err(_) => {
