@@ -551,7 +551,7 @@ impl Kv {
             let r = self.apply_locked(&mut s, entries);
             (r, s.changes.bytes)
         };
-        tracing::trace!(entries = n, took = ?started.elapsed(), "applied");
+        tracing::trace!(entries = n, took = ?started.elapsed(), last = ?self.applied_lock().log_id.map(|l| l.index), "applied");
         match result {
             Ok((responses, published, answers)) => {
                 for (rev, events) in published {

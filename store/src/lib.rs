@@ -206,9 +206,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = tokio::task::JoinSet::new();
-    let lanes = Arc::new(lanes);
+    let client_threads = lanes.handles();
     for listener in client_listeners {
-        let (node, stop, lanes) = (node.clone(), shutdown.clone(), lanes.clone());
+        let (node, stop, threads) = (node.clone(), shutdown.clone(), client_threads.clone());
         let serve = move |incoming| {
             Server::builder()
                 .layer(tower::util::MapResponseLayer::new(
@@ -241,14 +241,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let stop = shutdown.clone();
         servers.spawn(async move {
             // etcd's Go clients may send a URL as :authority; see `server::authority`.
-            lanes
-                .serve(listener, server::authority::FixAuthority::new, serve, stop)
+            let fix = server::authority::FixAuthority::new;
+            thread::serve(&threads, listener, fix, serve, stop)
                 .await
                 .context("client server")
         });
     }
+    // Raft's own traffic is served on the Raft thread: an AppendEntries or a forwarded batch
+    // of writes reaches openraft and the proposer without a hop between threads.
+    let peer_threads = [raft_thread.handle().clone()];
     for listener in peer_listeners {
-        let (node, stop, lanes) = (node.clone(), shutdown.clone(), lanes.clone());
+        let (node, stop, threads) = (node.clone(), shutdown.clone(), peer_threads.clone());
         let serve = move |incoming| {
             Server::builder()
                 .add_service(
@@ -260,8 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         let stop = shutdown.clone();
         servers.spawn(async move {
-            lanes
-                .serve(listener, |s| s, serve, stop)
+            thread::serve(&threads, listener, |s| s, serve, stop)
                 .await
                 .context("peer server")
         });

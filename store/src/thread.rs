@@ -14,7 +14,6 @@
 //! writes them together, with fewer thread switches.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -81,7 +80,6 @@ impl Drop for RuntimeThread {
 /// Raft, the log writer and the state machine.
 pub struct Lanes {
     threads: Vec<RuntimeThread>,
-    next: AtomicUsize,
 }
 
 /// Something to run on a lane: handing an answer to a request task there.
@@ -160,10 +158,7 @@ impl Lanes {
                 }
             });
         }
-        Ok(Lanes {
-            threads,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Lanes { threads })
     }
 
     /// The first lane, for tasks that belong with the servers.
@@ -171,63 +166,69 @@ impl Lanes {
         self.threads[0].handle()
     }
 
-    /// Accepts connections on `listener` until `shutdown`, giving each to the next lane, where
-    /// `serve` runs a server over the connections that lane receives (each wrapped by `wrap`).
-    /// Returns when every lane's server has stopped.
-    pub async fn serve<IO, S, F>(
-        &self,
-        listener: TcpListener,
-        wrap: fn(TcpStream) -> IO,
-        serve: S,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()>
-    where
-        IO: Send + 'static,
-        S: Fn(Incoming<IO>) -> F,
-        F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
-    {
-        let mut lanes = Vec::new();
-        let mut servers = Vec::new();
-        for t in &self.threads {
-            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
-            let incoming = futures::StreamExt::map(
-                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-                move |s| {
-                    // Registered with the lane's own reactor: its I/O wakes only that thread.
-                    TcpStream::from_std(s).map(wrap)
-                },
-            );
-            servers.push(t.handle().spawn(serve(Box::pin(incoming))));
-            lanes.push(tx);
-        }
-        let accepted = async {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // Out of file descriptors, say: keep serving who is connected.
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Requests and Raft messages are small: Nagle's delay would hold them back.
-                let _ = stream.set_nodelay(true);
-                let Ok(stream) = stream.into_std() else {
-                    continue;
-                };
-                let lane = self.next.fetch_add(1, Ordering::Relaxed) % lanes.len();
-                let _ = lanes[lane].send(stream);
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = accepted => {}
-        }
-        drop(lanes);
-        for s in servers {
-            s.await??;
-        }
-        Ok(())
+    /// Every lane's runtime.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.threads.iter().map(|t| t.handle().clone()).collect()
     }
+}
+
+/// Accepts connections on `listener` until `shutdown`, giving each to the next of `threads`
+/// in turn, where `serve` runs a server over the connections that thread receives (each
+/// wrapped by `wrap`). Returns when every thread's server has stopped.
+pub async fn serve<IO, S, F>(
+    threads: &[Handle],
+    listener: TcpListener,
+    wrap: fn(TcpStream) -> IO,
+    serve: S,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    IO: Send + 'static,
+    S: Fn(Incoming<IO>) -> F,
+    F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let mut lanes = Vec::new();
+    let mut servers = Vec::new();
+    for t in threads {
+        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let incoming = futures::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            move |s| {
+                // Registered with the thread's own reactor: its I/O wakes only that thread.
+                TcpStream::from_std(s).map(wrap)
+            },
+        );
+        servers.push(t.spawn(serve(Box::pin(incoming))));
+        lanes.push(tx);
+    }
+    let mut next = 0usize;
+    let accepted = async {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors, say: keep serving who is connected.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Requests and Raft messages are small: Nagle's delay would hold them back.
+            let _ = stream.set_nodelay(true);
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            let _ = lanes[next % lanes.len()].send(stream);
+            next = next.wrapping_add(1);
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = accepted => {}
+    }
+    drop(lanes);
+    for s in servers {
+        s.await??;
+    }
+    Ok(())
 }

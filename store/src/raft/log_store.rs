@@ -344,7 +344,7 @@ fn write_loop(shared: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receiver<Op>) {
                 appends += 1;
             }
         }
-        tracing::trace!(ops = batch.len(), took = ?started.elapsed(), "log batch written");
+        tracing::trace!(ops = batch.len(), took = ?started.elapsed(), ?flushed_to, "log batch written");
         if result.is_ok() {
             let mut cache = shared.cache();
             if let Some(last) = flushed_to {

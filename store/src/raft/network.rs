@@ -160,16 +160,20 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             prev_log_id: rpc.prev_log_id,
             leader_commit: rpc.leader_commit,
         };
+        let last = rpc.entries.last().map(|e| e.log_id.index);
+        let n = rpc.entries.len();
         let msg = RaftMessage {
             json: json(&head)?,
             entries: rpc.entries.iter().map(to_proto).collect(),
             ..RaftMessage::default()
         };
+        tracing::trace!(to = self.target, ?last, n, "AppendEntries sent");
         let reply = self
             .client()?
             .append_entries(with_deadline(msg, &option))
             .await
             .map_err(status_error)?;
+        tracing::trace!(to = self.target, ?last, "AppendEntries answered");
         self.answer(reply.into_inner())
     }
 
