@@ -1,17 +1,17 @@
 //! Threads with a single-threaded Tokio runtime each, for the two kinds of work a member does
-//! most: Raft (its core, replication streams, state-machine worker and proposer) and serving
-//! gRPC connections.
+//! most: Raft (its core, replication streams, state-machine worker, proposer, and the peer
+//! service that feeds them) and serving clients' gRPC connections.
 //!
 //! Raft gets its own thread rather than running among the gRPC tasks: under load hundreds of
 //! request tasks queue on the server runtime, and a Raft core queued behind them would leave
-//! the disk idle between fsyncs. The OS scheduler wakes a thread that mostly sleeps promptly,
-//! so the next log append starts as soon as it can.
+//! the disk idle between fsyncs. Peer traffic (AppendEntries, a follower's batch of writes) is
+//! served there too, so it reaches openraft and the proposer without a hop between threads.
 //!
-//! Connections are served on single-threaded runtimes too ([`Lanes`]), each connection on one
-//! of them. A work-stealing runtime wakes its other workers for every woken task and runs a
-//! connection's writer right after each response that wakes it, one `writev` per response;
-//! on one thread the responses of a batch of writes complete first and the connection then
-//! writes them together, with fewer thread switches.
+//! Client connections are served on single-threaded runtimes ([`Lanes`]), each connection on
+//! one of them ([`serve`]). A work-stealing runtime wakes its other workers for every woken
+//! task and runs a connection's writer right after each response that wakes it, one `writev`
+//! per response; on one thread the responses of a batch of writes, handed over together
+//! through the lane's [`Inbox`], complete first and the connection writes them at once.
 
 use std::future::Future;
 
@@ -136,10 +136,6 @@ impl Deliveries {
     }
 }
 
-/// Accepted connections handed to one lane, as the stream its server takes.
-pub type Incoming<IO> =
-    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<IO>> + Send + 'static>>;
-
 impl Lanes {
     pub fn start(name: &str) -> std::io::Result<Lanes> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -171,6 +167,10 @@ impl Lanes {
         self.threads.iter().map(|t| t.handle().clone()).collect()
     }
 }
+
+/// Accepted connections handed to one thread, as the stream its server takes.
+pub type Incoming<IO> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<IO>> + Send + 'static>>;
 
 /// Accepts connections on `listener` until `shutdown`, giving each to the next of `threads`
 /// in turn, where `serve` runs a server over the connections that thread receives (each
