@@ -423,13 +423,13 @@ impl Kv {
 
     /// Serves a range at the newest applied state (blocking: run off the async threads).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
-        self.range_upto(req, usize::MAX)
-            .unwrap_or_else(|| Err(EtcdError::Internal("range refused".into())))
+        self.range_upto(req, usize::MAX)?
+            .ok_or_else(|| EtcdError::Internal("range refused".into()))
     }
 
     /// Serves a range that reads at most [`SMALL_RANGE`] records (a get, say), quick enough
     /// for an async thread; `None` when it would read more.
-    pub fn small_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, EtcdError>> {
+    pub fn small_range(&self, req: &RangeRequest) -> Result<Option<RangeResponse>, EtcdError> {
         self.range_upto(req, SMALL_RANGE)
     }
 
@@ -437,11 +437,9 @@ impl Kv {
         &self,
         req: &RangeRequest,
         most: usize,
-    ) -> Option<Result<RangeResponse, EtcdError>> {
-        if let Err(e) = self.check() {
-            return Some(Err(e));
-        }
-        let planned = (|| {
+    ) -> Result<Option<RangeResponse>, EtcdError> {
+        self.check()?;
+        let (plan, held, txn) = {
             let s = self.state();
             let plan = s.mvcc.plan_range(req, s.mvcc.revision())?;
             if plan.hits.len() > most && !req.count_only {
@@ -454,21 +452,15 @@ impl Kv {
                 .iter()
                 .filter_map(|rev| s.record(*rev).map(|r| (*rev, r.clone())))
                 .collect();
-            let txn = self.db.read().map_err(internal)?;
-            Ok(Some((plan, held, txn)))
-        })();
-        let (plan, held, txn) = match planned {
-            Ok(Some(p)) => p,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
+            (plan, held, self.db.read().map_err(internal)?)
         };
-        Some((|| {
-            let be = Held {
-                held,
-                db: ReadKv::open(&self.db, &txn).map_err(internal)?,
-            };
-            mvcc::execute_range(&be, req, plan).map_err(internal)
-        })())
+        let be = Held {
+            held,
+            db: ReadKv::open(&self.db, &txn).map_err(internal)?,
+        };
+        mvcc::execute_range(&be, req, plan)
+            .map(Some)
+            .map_err(internal)
     }
 
     /// Serves a transaction that writes nothing (blocking).
@@ -551,7 +543,12 @@ impl Kv {
             let r = self.apply_locked(&mut s, entries);
             (r, s.changes.bytes)
         };
-        tracing::trace!(entries = n, took = ?started.elapsed(), last = ?self.applied_lock().log_id.map(|l| l.index), "applied");
+        tracing::trace!(
+            entries = n,
+            took = ?started.elapsed(),
+            last = ?self.applied_lock().log_id.map(|l| l.index),
+            "applied"
+        );
         match result {
             Ok((responses, published, answers)) => {
                 for (rev, events) in published {

@@ -752,17 +752,17 @@ impl Wal {
             std::fs::remove_file(p).map_err(io_err(p))?;
         }
         self.active = file;
-        self.active.set_len(cut).map_err(io_err(&path))?;
+        self.active
+            .set_len(cut)
+            .and_then(|_| self.active.sync_all())
+            .map_err(io_err(&path))?;
         self.active_len = cut;
         self.zeroed_end = cut;
-        // State frames after the cut went with it: write them again.
+        // State frames after the cut went with it: write them again (nothing else is staged:
+        // the sync above wrote it).
         let mut head = Vec::new();
         self.state_frames(&mut head);
-        self.buf.splice(0..0, head.iter().copied());
-        let shift = head.len();
-        for s in &mut self.staged {
-            s.1 += shift;
-        }
+        self.buf = head;
         self.sync()?;
         if !gone.is_empty() {
             sync_dir(&self.dir)?;

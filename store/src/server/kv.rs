@@ -59,8 +59,8 @@ impl Kv for KvService {
             self.node.linearize().await?;
         }
         // A get reads a record or two: no need to leave this thread for it.
-        let mut resp = match self.node.kv.small_range(&req) {
-            Some(r) => r?,
+        let mut resp = match self.node.kv.small_range(&req)? {
+            Some(r) => r,
             None => self.node.blocking(move |kv| kv.range(&req)).await?,
         };
         self.node.fill(&mut resp.header);
