@@ -112,10 +112,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval,
         // openraft waits out a leader lease (election_timeout_max) and then a random timeout
-        // in [min, max) before campaigning; this spreads etcd's "--election-timeout" over
-        // both so a dead leader is replaced in about one election timeout, as in etcd.
-        election_timeout_min: config.election_timeout * 3 / 10,
-        election_timeout_max: config.election_timeout * 6 / 10,
+        // in [min, max) before campaigning: 0.55 to 0.7 of etcd's "--election-timeout" here,
+        // five heartbeats at least. A member that once lost an election to a longer log waits
+        // 2 x max more at its next one, even when its log is the longest by then (openraft
+        // 0.9 keeps that flag until it campaigns; fixed upstream in openraft#2087): with these
+        // values a dead leader is still replaced within 1.4 election timeouts.
+        election_timeout_min: config.election_timeout * 20 / 100,
+        election_timeout_max: config.election_timeout * 35 / 100,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 1024,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
