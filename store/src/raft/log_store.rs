@@ -28,7 +28,7 @@ use super::{Entry, LogId, StorageError, TypeConfig, Vote, io_error};
 /// Bytes of entries kept in memory after they are durable, so the state machine and
 /// replication rarely read the log back from disk. Entries are batches of writes, so the bound
 /// is on their encoded size, not their number.
-const CACHE_BYTES: usize = 8 << 20;
+const CACHE_BYTES: usize = 4 << 20;
 /// Upper bound on queued log operations; `append` waits when the disk falls this far behind.
 const QUEUE_DEPTH: usize = 4096;
 /// Most operations one write takes from the queue.
