@@ -1,9 +1,10 @@
 //! miniorch-store: a Raft-replicated MVCC key-value store speaking the etcd v3 gRPC API, so
 //! the real `etcdctl` and etcd clients (the apiserver among them) work against it.
 //!
-//! A member is wired as a checklist (see [`run`]): parse flags, bind ports, open the database,
-//! rebuild the state machine, start Raft, serve the etcd services to clients and the peer
-//! service to other members, then run the lessor and the quota watch until shutdown.
+//! A member is wired as a checklist (see [`run`]): parse flags, bind ports, open the database
+//! and the write-ahead log, rebuild the state machine, start Raft on its thread, serve the
+//! etcd services to clients (on the serving threads) and the peer service to other members
+//! (on the Raft thread), then run the lessor and the quota watch until shutdown.
 
 pub mod config;
 pub mod db;
@@ -69,7 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client_listeners = bind(&plan.client_listen, "--listen-client-urls").await?;
     let peer_listeners = bind(&plan.peer_listen, "--listen-peer-urls").await?;
 
-    // 3. The databases and the state machine rebuilt from them.
+    // 3. The database, the log, and the state machine rebuilt from the database.
     let data_dir = plan.data_dir.clone();
     let cache = config.cache_bytes;
     let (db, log_store) = tokio::task::spawn_blocking(move || {
