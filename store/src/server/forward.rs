@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::proposer::{Batched, gather};
+use super::proposer::{Batched, Waiting, deliver, next_batch};
 use super::{PeerClients, other_leader, result_revision, status_to_etcd};
 use crate::error::EtcdError;
 use crate::kv::Kv;
 use crate::pb::storepb::{ApplyResult, InternalRequest, Proposal};
 use crate::raft::Raft;
-use crate::thread::{Deliveries, Inbox};
+use crate::thread::Inbox;
 
 /// Most writes in one call.
 const MAX_BATCH_REQUESTS: usize = 1024;
@@ -25,7 +25,7 @@ const IN_FLIGHT: usize = 32;
 /// Writes waiting for a call; callers wait when it is full.
 const QUEUE: usize = 16 * 1024;
 
-type Done = oneshot::Sender<Result<ApplyResult, EtcdError>>;
+type Done = oneshot::Sender<Result<Vec<ApplyResult>, EtcdError>>;
 
 struct Forward {
     req: InternalRequest,
@@ -79,57 +79,31 @@ impl Forwarder {
             })
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
+        let mut results = rx.await.map_err(|_| EtcdError::Stopped)??;
+        results
+            .pop()
+            .ok_or_else(|| EtcdError::Internal("no result for the write".into()))
     }
 }
 
 async fn run(deps: Arc<Deps>, mut rx: mpsc::Receiver<Forward>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let batch = gather(first, &mut rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES);
+    while let Some((permit, batch)) =
+        next_batch(&slots, &mut rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES).await
+    {
         let deps = deps.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (requests, dones): (Vec<InternalRequest>, Vec<(Done, Option<Inbox>)>) = batch
+            let (requests, dones): (Vec<InternalRequest>, Vec<Waiting<EtcdError>>) = batch
                 .into_iter()
-                .map(|f| (f.req, (f.done, f.inbox)))
+                .map(|f| (f.req, (1, f.done, f.inbox)))
                 .unzip();
             let outcome = tokio::time::timeout(deps.timeout, call(&deps, requests))
                 .await
                 .unwrap_or(Err(EtcdError::Timeout));
-            let outcome = match outcome {
-                Ok(results) if results.len() != dones.len() => Err(EtcdError::Internal(format!(
-                    "the leader answered {} results for {} writes",
-                    results.len(),
-                    dones.len()
-                ))),
-                other => other,
-            };
-            let mut out = Deliveries::default();
-            match outcome {
-                Ok(results) => {
-                    for ((done, inbox), r) in dones.into_iter().zip(results) {
-                        out.add(inbox.as_ref(), move || {
-                            let _ = done.send(Ok(r));
-                        });
-                    }
-                }
-                Err(e) => {
-                    for (done, inbox) in dones {
-                        let e = e.clone();
-                        out.add(inbox.as_ref(), move || {
-                            let _ = done.send(Err(e));
-                        });
-                    }
-                }
-            }
-            out.send();
+            deliver(dones, outcome, |e| {
+                EtcdError::Internal(format!("the leader answered {e}"))
+            });
         });
     }
 }

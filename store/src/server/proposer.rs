@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use prost::Message;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::kv::Kv;
 use crate::pb::storepb::{ApplyResult, InternalRequest, Proposal};
@@ -111,13 +111,11 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
     // never be taken for a new one.
     let mut next_id: u64 = rand::random();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Some((permit, batch)) =
+            next_batch(&slots, &mut rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES).await
+        else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let batch = gather(first, &mut rx, MAX_BATCH_REQUESTS, MAX_BATCH_BYTES);
         let mut requests = Vec::new();
         let mut dones = Vec::with_capacity(batch.len());
         for p in batch {
@@ -136,7 +134,7 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
             Ok(rx) => rx,
             Err(_) => {
                 kv.proposals.cancel(id);
-                deliver(dones, Err(ProposeError::Stopped));
+                deliver(dones, Err(ProposeError::Stopped), ProposeError::Other);
                 continue;
             }
         };
@@ -144,11 +142,11 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
         tokio::select! {
             biased;
             results = &mut applied => {
-                deliver(dones, results.map_err(|_| ProposeError::Stopped));
+                deliver(dones, results.map_err(|_| ProposeError::Stopped), ProposeError::Other);
                 continue;
             }
             a = &mut answer => {
-                deliver(dones, outcome(&kv, id, a, &mut applied));
+                deliver(dones, outcome(&kv, id, a, &mut applied), ProposeError::Other);
                 continue;
             }
             _ = log.wait_flushed(durable) => {}
@@ -162,7 +160,7 @@ async fn run(raft: Raft, mut log: LogProgress, kv: Arc<Kv>, mut rx: mpsc::Receiv
                 results = &mut applied => results.map_err(|_| ProposeError::Stopped),
                 a = &mut answer => outcome(&kv, id, a, &mut applied),
             };
-            deliver(dones, result);
+            deliver(dones, result, ProposeError::Other);
         });
     }
 }
@@ -204,9 +202,22 @@ pub(crate) trait Batched {
     fn weight(&self) -> (usize, usize);
 }
 
+/// The next batch, once one of `slots` is free (a bound on batches in flight) and something
+/// is queued; `None` when the queue or the slots are closed.
+pub(crate) async fn next_batch<T: Batched>(
+    slots: &Arc<Semaphore>,
+    rx: &mut mpsc::Receiver<T>,
+    max_writes: usize,
+    max_bytes: usize,
+) -> Option<(OwnedSemaphorePermit, Vec<T>)> {
+    let permit = slots.clone().acquire_owned().await.ok()?;
+    let first = rx.recv().await?;
+    Some((permit, gather(first, rx, max_writes, max_bytes)))
+}
+
 /// The first item and whatever else is queued, while the batch holds fewer than `max_writes`
 /// writes and `max_bytes` bytes (a single larger item still goes, alone).
-pub(crate) fn gather<T: Batched>(
+fn gather<T: Batched>(
     first: T,
     rx: &mut mpsc::Receiver<T>,
     max_writes: usize,
@@ -229,12 +240,17 @@ pub(crate) fn gather<T: Batched>(
 }
 
 /// Hands each waiting caller its own results: `dones` says how many writes each one sent, and
-/// on which lane it waits (answers for one lane go over together).
-fn deliver(dones: Vec<Waiting>, outcome: Result<Vec<ApplyResult>, ProposeError>) {
+/// on which lane it waits (answers for one lane go over together). `miscount` is the error
+/// for a number of results that does not match.
+pub(crate) fn deliver<E: Clone + Send + 'static>(
+    dones: Vec<Waiting<E>>,
+    outcome: Result<Vec<ApplyResult>, E>,
+    miscount: impl FnOnce(String) -> E,
+) {
     let sent: usize = dones.iter().map(|(n, _, _)| n).sum();
     let outcome = match outcome {
-        Ok(results) if results.len() != sent => Err(ProposeError::Other(format!(
-            "applied {} results for {sent} writes",
+        Ok(results) if results.len() != sent => Err(miscount(format!(
+            "{} results for {sent} writes",
             results.len()
         ))),
         other => other,
@@ -263,7 +279,11 @@ fn deliver(dones: Vec<Waiting>, outcome: Result<Vec<ApplyResult>, ProposeError>)
 }
 
 /// A caller waiting for its writes: how many, where to answer, on which lane.
-type Waiting = (usize, Done, Option<Inbox>);
+pub(crate) type Waiting<E = ProposeError> = (
+    usize,
+    oneshot::Sender<Result<Vec<ApplyResult>, E>>,
+    Option<Inbox>,
+);
 
 #[cfg(test)]
 mod tests {
@@ -294,7 +314,7 @@ mod tests {
                     ((n, tx, None), (n, rx))
                 })
                 .unzip();
-            deliver(dones, outcome);
+            deliver(dones, outcome, ProposeError::Other);
             for (n, mut rx) in rxs {
                 match rx.try_recv().unwrap() {
                     Ok(results) => {
