@@ -9,6 +9,7 @@
 //!
 //! `BENCH_STORE_LOG` sets the members' `RUST_LOG` (default `warn`), to see inside a slow step:
 //! `BENCH_STORE_LOG=miniorch_store=trace` logs every log write and apply with its duration.
+//! `BENCH_STORE_KEEP=1` keeps every cluster's data dirs and member logs, and prints where.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -171,7 +172,18 @@ impl Cluster {
             Kind::Miniorch => crate::sibling("miniorch-store")?,
             Kind::Etcd => PathBuf::from("etcd"),
         };
-        let dir = tempfile::Builder::new().prefix("bench-store").tempdir()?;
+        let keep = std::env::var_os("BENCH_STORE_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("bench-store")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!(
+                "   {} data dirs and logs kept in {}",
+                kind.name(),
+                dir.path().display()
+            );
+        }
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
@@ -402,7 +414,10 @@ async fn prefill(endpoints: &[String], value: &[u8]) -> anyhow::Result<()> {
 struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
 
 type H2Future = std::pin::Pin<
-    Box<dyn std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send>,
+    Box<
+        dyn std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>
+            + Send,
+    >,
 >;
 
 impl tower::Service<http::Request<tonic::body::Body>> for H2 {
@@ -478,33 +493,35 @@ async fn load(
             .map(|j| (j, endpoints[j % endpoints.len()].clone()))
             .collect();
         let errors = errors.clone();
-        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut tasks = Vec::new();
-                for (j, endpoint) in mine {
-                    let kv = h2_client(&endpoint).await?;
-                    for c in (j..clients).step_by(conns) {
-                        let (kv, errors) = (kv.clone(), errors.clone());
-                        tasks.push(tokio::spawn(client_loop(
-                            kv,
-                            c,
-                            workload,
-                            window,
-                            value_bytes,
-                            errors,
-                        )));
+        handles.push(std::thread::spawn(
+            move || -> anyhow::Result<Vec<Duration>> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for (j, endpoint) in mine {
+                        let kv = h2_client(&endpoint).await?;
+                        for c in (j..clients).step_by(conns) {
+                            let (kv, errors) = (kv.clone(), errors.clone());
+                            tasks.push(tokio::spawn(client_loop(
+                                kv,
+                                c,
+                                workload,
+                                window,
+                                value_bytes,
+                                errors,
+                            )));
+                        }
                     }
-                }
-                let mut lat = Vec::new();
-                for t in tasks {
-                    lat.extend(t.await?);
-                }
-                Ok(lat)
-            })
-        }));
+                    let mut lat = Vec::new();
+                    for t in tasks {
+                        lat.extend(t.await?);
+                    }
+                    Ok(lat)
+                })
+            },
+        ));
     }
     // CPU of the servers over the measured window only.
     tokio::time::sleep_until(window.measure_from.into()).await;

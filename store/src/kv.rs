@@ -42,6 +42,10 @@ pub const FLUSH_BYTES: usize = 4 << 20;
 /// How often a flush makes the database durable. Between checkpoints a crash costs replaying
 /// the log from the last one, nothing more.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// An apply slower than this is logged as a warning (etcd's "apply request took too long").
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+/// A flush slower than this is logged as a warning.
+const SLOW_FLUSH: Duration = Duration::from_secs(1);
 
 /// Most records a range may read on an async thread ([`Kv::small_range`]).
 pub const SMALL_RANGE: usize = 16;
@@ -543,12 +547,16 @@ impl Kv {
             let r = self.apply_locked(&mut s, entries);
             (r, s.changes.bytes)
         };
-        tracing::trace!(
-            entries = n,
-            took = ?started.elapsed(),
-            last = ?self.applied_lock().log_id.map(|l| l.index),
-            "applied"
-        );
+        let took = started.elapsed();
+        if took >= SLOW_APPLY {
+            tracing::warn!(
+                entries = n,
+                ?took,
+                "applying committed entries took too long"
+            );
+        } else {
+            tracing::trace!(entries = n, ?took, "applied");
+        }
         match result {
             Ok((responses, published, answers)) => {
                 for (rev, events) in published {
@@ -724,12 +732,22 @@ impl Kv {
             put(db::META_ALARMS, &to_json(db, &b.alarms)?)?;
         }
         txn.commit().map_err(|e| db.err("commit", e))?;
-        tracing::trace!(
-            records = b.records.len(),
-            durable,
-            took = ?started.elapsed(),
-            "flushed to the database"
-        );
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH {
+            tracing::warn!(
+                records = b.records.len(),
+                durable,
+                ?took,
+                "slow database flush"
+            );
+        } else {
+            tracing::trace!(
+                records = b.records.len(),
+                durable,
+                ?took,
+                "flushed to the database"
+            );
+        }
         Ok(())
     }
 
@@ -763,21 +781,19 @@ impl Kv {
         Ok(())
     }
 
-    /// Makes the applied state durable and returns a read of exactly that state, taken while
-    /// no apply is in progress. Since the log is only purged up to a snapshot, and snapshots
-    /// are built from this, the log always reaches back to what the disk holds.
+    /// Makes the applied state durable and returns a read of exactly that state. The state is
+    /// taken between two applies; applies go on while it is written (holding the flush lock,
+    /// so no other write lands before the read). Since the log is only purged up to a
+    /// snapshot, and snapshots are built from this, the log always reaches back to what the
+    /// disk holds.
     pub fn freeze(&self) -> Result<Frozen, StorageError> {
         let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = self.state_mut();
-        let batch = self.take_batch(&mut s);
-        let written = self.write_batch(&batch, true);
-        s.writing = None;
-        if let Err(e) = written {
-            self.fail(&e);
-            return Err(e);
-        }
+        let batch = self.take_batch(&mut self.state_mut());
+        let written = self.write_batch(&batch, true).inspect_err(|e| self.fail(e));
+        let read = written.and_then(|()| self.db.read());
+        self.state_mut().writing = None;
+        let txn = read?;
         *checkpointed = Instant::now();
-        let txn = self.db.read()?;
         Ok(Frozen {
             txn,
             applied: batch.applied,

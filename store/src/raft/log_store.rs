@@ -33,6 +33,8 @@ const CACHE_BYTES: usize = 4 << 20;
 const QUEUE_DEPTH: usize = 4096;
 /// Most operations one write takes from the queue.
 const MAX_BATCH: usize = 4096;
+/// A log write (and its fsync) slower than this is logged as a warning.
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Done = oneshot::Sender<Result<(), String>>;
 
@@ -344,7 +346,17 @@ fn write_loop(shared: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receiver<Op>) {
                 appends += 1;
             }
         }
-        tracing::trace!(ops = batch.len(), took = ?started.elapsed(), ?flushed_to, "log batch written");
+        let took = started.elapsed();
+        if took >= SLOW_WRITE {
+            // etcd's "slow fdatasync": every write waits for this one, elections included.
+            tracing::warn!(
+                ops = batch.len(),
+                ?took,
+                "slow Raft log write (the disk is busy)"
+            );
+        } else {
+            tracing::trace!(ops = batch.len(), ?took, ?flushed_to, "log batch written");
+        }
         if result.is_ok() {
             let mut cache = shared.cache();
             if let Some(last) = flushed_to {

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -134,11 +134,25 @@ impl PeerConnection {
     }
 }
 
-fn status_error<E: std::error::Error>(s: tonic::Status) -> RpcErr<E> {
+/// What a failed call means to openraft. A peer that refuses or drops the connection is
+/// unreachable, and openraft stops sending to it for a while (500 ms). A call that ran out of
+/// time is only slow (a follower's disk busy syncing after a leader change): openraft retries
+/// it at the next heartbeat, not after a back-off that would stall commits for half a second.
+fn status_error<E: std::error::Error>(
+    s: tonic::Status,
+    action: RPCTypes,
+    vote: &Vote,
+    target: u64,
+    option: &RPCOption,
+) -> RpcErr<E> {
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&s))
-        }
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+            action,
+            id: vote.leader_id.voted_for().unwrap_or_default(),
+            target,
+            timeout: option.hard_ttl(),
+        }),
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
         _ => RPCError::Network(NetworkError::new(&s)),
     }
 }
@@ -155,6 +169,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        let head_vote = rpc.vote;
         let head = AppendHead {
             vote: rpc.vote,
             prev_log_id: rpc.prev_log_id,
@@ -172,7 +187,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client()?
             .append_entries(with_deadline(msg, &option))
             .await
-            .map_err(status_error)?;
+            .map_err(|s| {
+                status_error(s, RPCTypes::AppendEntries, &head_vote, self.target, &option)
+            })?;
         tracing::trace!(to = self.target, ?last, "AppendEntries answered");
         self.answer(reply.into_inner())
     }
@@ -182,6 +199,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        let head_vote = rpc.vote;
         let head = SnapshotHead {
             vote: rpc.vote,
             meta: rpc.meta,
@@ -197,7 +215,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client()?
             .install_snapshot(with_deadline(msg, &option))
             .await
-            .map_err(status_error)?;
+            .map_err(|s| {
+                status_error(
+                    s,
+                    RPCTypes::InstallSnapshot,
+                    &head_vote,
+                    self.target,
+                    &option,
+                )
+            })?;
         self.answer(reply.into_inner())
     }
 
@@ -217,7 +243,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // A removed member learns it when it campaigns, as in etcd.
             self.removed.cancel();
         }
-        self.answer(reply.map_err(status_error)?.into_inner())
+        let reply =
+            reply.map_err(|s| status_error(s, RPCTypes::Vote, &rpc.vote, self.target, &option))?;
+        self.answer(reply.into_inner())
     }
 }
 
