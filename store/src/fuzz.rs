@@ -117,6 +117,7 @@ pub fn wal(data: &[u8]) {
     let mut entries = std::collections::BTreeMap::new();
     let mut next = 0u64;
     let mut purged = None;
+    let mut vote = None;
     let (ops, damage) = ops.split_at(ops.len().saturating_sub(3));
     for op in ops.chunks(2) {
         let arg = op.get(1).copied().unwrap_or(0);
@@ -126,7 +127,10 @@ pub fn wal(data: &[u8]) {
                 entries.insert(next, arg);
                 next += 1;
             }
-            2 => wal.set_vote(vec![arg; 3]),
+            2 => {
+                wal.set_vote(vec![arg; 3]);
+                vote = Some(vec![arg; 3]);
+            }
             3 => {
                 let upto = next.saturating_sub(u64::from(arg % 8));
                 if upto > 0 && purged.is_none_or(|p| upto - 1 > p) {
@@ -168,6 +172,7 @@ pub fn wal(data: &[u8]) {
     };
     let wal = Wal::open(&dir, segment).expect("an undamaged log reopens");
     check(&wal, true);
+    assert_eq!(wal.state().vote, vote, "the last vote");
     drop(wal);
     if let [file, at, xor] = damage
         && *xor != 0

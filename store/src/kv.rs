@@ -220,8 +220,8 @@ pub struct Kv {
     alarms: RwLock<BTreeSet<(u64, i32)>>,
     /// Set when an apply or a flush failed: memory no longer matches the disk.
     failed: Mutex<Option<String>>,
-    /// Held by the one flush in progress; when the database was last made durable.
-    checkpointed: Mutex<Instant>,
+    /// Held by the one flush in progress; the last durable commit.
+    checkpointed: Mutex<Checkpoint>,
     /// Wakes the writer thread early.
     wake: std::sync::mpsc::SyncSender<()>,
     /// The last applied log index, for linearizable reads to wait on.
@@ -288,7 +288,10 @@ impl Kv {
             members: RwLock::new(members),
             alarms: RwLock::new(alarms),
             failed: Mutex::new(None),
-            checkpointed: Mutex::new(Instant::now()),
+            checkpointed: Mutex::new(Checkpoint {
+                at: Instant::now(),
+                applied: None,
+            }),
             wake,
             applied_index,
             proposals: Waiters::default(),
@@ -390,8 +393,14 @@ impl Kv {
     }
 
     fn check(&self) -> Result<(), EtcdError> {
+        self.intact().map_err(|e| EtcdError::Internal(e.0))
+    }
+
+    /// Fails once a flush failed: what it was writing is lost from memory, so nothing read or
+    /// made durable from here on would be the whole state.
+    fn intact(&self) -> Result<(), StorageError> {
         match self.failure() {
-            Some(f) => Err(EtcdError::Internal(f)),
+            Some(f) => Err(StorageError(f)),
             None => Ok(()),
         }
     }
@@ -491,6 +500,7 @@ impl Kv {
         max_bytes: usize,
         prev_kv: bool,
     ) -> Result<Result<(Vec<HistoryItem>, bool), i64>, StorageError> {
+        self.intact()?;
         let s = self.state();
         if from < s.mvcc.compact_revision() {
             return Ok(Err(s.mvcc.compact_revision()));
@@ -525,6 +535,7 @@ impl Kv {
 
     /// The value `key` had just before `rev`, for a live event's `prev_kv`.
     pub fn prev_kv(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StorageError> {
+        self.intact()?;
         let s = self.state();
         let txn = self.db.read()?;
         let be = Locked {
@@ -537,9 +548,7 @@ impl Kv {
     /// Applies committed entries in memory (see the module header), then announces the new
     /// revisions to watchers.
     pub fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
-        if let Some(f) = self.failure() {
-            return Err(StorageError(f));
-        }
+        self.intact()?;
         let started = std::time::Instant::now();
         let n = entries.len();
         let (result, pending) = {
@@ -654,10 +663,13 @@ impl Kv {
     /// reaches; durably when a checkpoint is due or `durable` asks for it.
     pub fn flush(&self, durable: bool) -> Result<(), StorageError> {
         let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
-        let durable = durable || checkpointed.elapsed() >= CHECKPOINT_INTERVAL;
+        let durable = durable || checkpointed.at.elapsed() >= CHECKPOINT_INTERVAL;
         let batch = {
             let mut s = self.state_mut();
-            if s.unwritten.is_empty() && s.changes.removed.is_empty() && !durable {
+            let waiting = !s.unwritten.is_empty() || !s.changes.removed.is_empty();
+            // Nothing applied since the last durable commit: an idle member does not sync.
+            let idle = self.applied().log_id == checkpointed.applied;
+            if (!waiting && !durable) || idle {
                 return Ok(());
             }
             self.take_batch(&mut s)
@@ -669,7 +681,7 @@ impl Kv {
             return Err(e);
         }
         if durable {
-            *checkpointed = Instant::now();
+            *checkpointed = Checkpoint::now(&batch);
         }
         Ok(())
     }
@@ -787,13 +799,14 @@ impl Kv {
     /// snapshot, and snapshots are built from this, the log always reaches back to what the
     /// disk holds.
     pub fn freeze(&self) -> Result<Frozen, StorageError> {
+        self.intact()?;
         let mut checkpointed = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
         let batch = self.take_batch(&mut self.state_mut());
         let written = self.write_batch(&batch, true).inspect_err(|e| self.fail(e));
         let read = written.and_then(|()| self.db.read());
         self.state_mut().writing = None;
         let txn = read?;
-        *checkpointed = Instant::now();
+        *checkpointed = Checkpoint::now(&batch);
         Ok(Frozen {
             txn,
             applied: batch.applied,
@@ -811,6 +824,21 @@ type Applied = (
     Vec<(i64, Vec<crate::pb::mvccpb::Event>)>,
     Vec<(oneshot::Sender<Vec<ApplyResult>>, Vec<ApplyResult>)>,
 );
+
+/// The last durable commit: when, and the applied position it holds.
+struct Checkpoint {
+    at: Instant,
+    applied: Option<LogId>,
+}
+
+impl Checkpoint {
+    fn now(batch: &Batch) -> Checkpoint {
+        Checkpoint {
+            at: Instant::now(),
+            applied: batch.applied.log_id,
+        }
+    }
+}
 
 /// What one flush writes: the records and changes taken from memory and the state they bring
 /// the database to.

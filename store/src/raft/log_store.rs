@@ -43,6 +43,8 @@ enum Op {
     Append {
         entries: Vec<(u64, Vec<u8>)>,
         last_index: u64,
+        /// [`Cache::truncations`] when it was queued.
+        epoch: u64,
         callback: LogFlushed<TypeConfig>,
     },
     Vote {
@@ -71,6 +73,9 @@ struct Cache {
     bytes: usize,
     /// Highest index known to be on disk; entries at or below it may be evicted.
     flushed: u64,
+    /// Truncations so far. An append queued before the latest one wrote entries that are gone,
+    /// so its completion must not mark their replacements as on disk.
+    truncations: u64,
 }
 
 impl Cache {
@@ -206,6 +211,7 @@ impl LogStore {
                 entries: BTreeMap::new(),
                 bytes: 0,
                 flushed: 0,
+                truncations: 0,
             }),
             state: Mutex::new(wal.state().clone()),
             committed: Mutex::new(None),
@@ -338,14 +344,16 @@ fn write_loop(shared: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receiver<Op>) {
         let committed = lock(&shared.committed).take();
         let started = std::time::Instant::now();
         let result = write_batch(&mut wal, &batch, committed).map_err(|e| e.to_string());
-        let mut flushed_to = None;
-        let mut appends = 0;
+        let mut written = Vec::new();
         for op in &batch {
-            if let Op::Append { last_index, .. } = op {
-                flushed_to = Some(*last_index);
-                appends += 1;
+            if let Op::Append {
+                last_index, epoch, ..
+            } = op
+            {
+                written.push((*epoch, *last_index));
             }
         }
+        let appends = written.len() as u64;
         let took = started.elapsed();
         if took >= SLOW_WRITE {
             // etcd's "slow fdatasync": every write waits for this one, elections included.
@@ -355,12 +363,13 @@ fn write_loop(shared: Arc<Shared>, mut wal: Wal, mut rx: mpsc::Receiver<Op>) {
                 "slow Raft log write (the disk is busy)"
             );
         } else {
-            tracing::trace!(ops = batch.len(), ?took, ?flushed_to, "log batch written");
+            tracing::trace!(ops = batch.len(), ?took, "log batch written");
         }
         if result.is_ok() {
             let mut cache = shared.cache();
-            if let Some(last) = flushed_to {
-                cache.flushed = cache.flushed.max(last);
+            let now = cache.truncations;
+            if let Some((_, last)) = written.iter().rev().find(|(epoch, _)| *epoch == now) {
+                cache.flushed = cache.flushed.max(*last);
             }
             while cache.bytes > CACHE_BYTES {
                 let Some((&first, _)) = cache.entries.first_key_value() else {
@@ -524,7 +533,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.shared.appended.fetch_add(1, Ordering::SeqCst);
         let mut encoded = Vec::new();
         let mut last_index = 0;
-        {
+        let epoch = {
             let mut cache = self.shared.cache();
             for entry in entries {
                 let index = entry.log_id.index;
@@ -533,11 +542,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encoded.push((index, bytes));
                 last_index = index;
             }
-        }
+            cache.truncations
+        };
         self.queue
             .send(Op::Append {
                 entries: encoded,
                 last_index,
+                epoch,
                 callback,
             })
             .await
@@ -550,6 +561,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut cache = self.shared.cache();
             cache.retain(|i| i < from);
             cache.flushed = cache.flushed.min(from.saturating_sub(1));
+            cache.truncations += 1;
         }
         self.submit(ErrorSubject::Log(log_id), |done| Op::Truncate {
             from,

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -28,6 +29,10 @@ use crate::pb::storepb::peer_client::PeerClient;
 
 /// Largest message between members: a batch of entries or a snapshot chunk.
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+/// Most bytes of entries in one AppendEntries (a single larger entry still goes alone): a
+/// follower far behind catches up in calls it can write within a heartbeat or so, and no call
+/// outgrows [`MAX_PEER_MESSAGE`].
+const MAX_APPEND_BYTES: usize = 8 << 20;
 
 /// The AppendEntries envelope without its entries.
 #[derive(Serialize, Deserialize)]
@@ -175,11 +180,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             prev_log_id: rpc.prev_log_id,
             leader_commit: rpc.leader_commit,
         };
+        let mut entries = Vec::with_capacity(rpc.entries.len());
+        let mut bytes = 0;
+        for e in &rpc.entries {
+            let e = to_proto(e);
+            bytes += prost::Message::encoded_len(&e);
+            if bytes > MAX_APPEND_BYTES && !entries.is_empty() {
+                // openraft sends again at once with at most this many entries.
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(entries.len() as u64),
+                ));
+            }
+            entries.push(e);
+        }
         let last = rpc.entries.last().map(|e| e.log_id.index);
         let n = rpc.entries.len();
         let msg = RaftMessage {
             json: json(&head)?,
-            entries: rpc.entries.iter().map(to_proto).collect(),
+            entries,
             ..RaftMessage::default()
         };
         tracing::trace!(to = self.target, ?last, n, "AppendEntries sent");
@@ -276,4 +294,67 @@ pub fn decode_snapshot(msg: RaftMessage) -> Result<InstallSnapshotRequest<TypeCo
         data: msg.data,
         done: head.done,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::pb::etcdserverpb::PutRequest;
+    use crate::pb::storepb::{InternalRequest, Proposal, internal_request};
+    use crate::raft::codec::log_id;
+    use crate::raft::{Entry, Request};
+
+    fn big_entry(index: u64) -> Entry {
+        let put = InternalRequest {
+            request: Some(internal_request::Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: vec![b'v'; 3 << 20],
+                ..Default::default()
+            })),
+        };
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Request::new(Proposal {
+                requests: vec![put],
+                id: 0,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_bytes_of_entries_ask_openraft_for_fewer() {
+        // No client: the size check comes before any call.
+        let mut peer = PeerConnection {
+            target: 2,
+            client: None,
+            url: String::new(),
+            removed: CancellationToken::new(),
+        };
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=4).map(big_entry).collect(),
+        };
+        match peer
+            .append_entries(rpc, RPCOption::new(Duration::from_secs(1)))
+            .await
+        {
+            Err(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 2),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        // One entry goes alone whatever its size (here: to no client, so unreachable).
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![big_entry(1)],
+        };
+        let r = peer
+            .append_entries(rpc, RPCOption::new(Duration::from_secs(1)))
+            .await;
+        assert!(matches!(r, Err(RPCError::Unreachable(_))), "{r:?}");
+    }
 }

@@ -3,14 +3,16 @@
 //!
 //! A segment is a sequence of frames, `[len: u32][crc: u32][kind: u8][payload]`, little-endian,
 //! the CRC-32 covering the length, the kind and the payload. A frame is a log entry (its index,
-//! then the encoded entry) or a piece of Raft's own state: the vote, the committed log ID and
-//! the purged log ID (JSON), the newest of each winning. A batch of frames is written with one
-//! `write` and made durable with one `fdatasync`; nothing is acknowledged before that returns.
+//! then the encoded entry), a truncation (the first index it removes) or a piece of Raft's own
+//! state: the vote, the committed log ID and the purged log ID (JSON), the newest of each
+//! winning. A batch of frames is written with one `write` and made durable with one
+//! `fdatasync`; nothing is acknowledged before that returns. Nothing written is ever rewritten:
+//! truncating a follower's conflicting entries appends a truncation frame, so a crash at any
+//! moment leaves every frame before it, the vote included, intact.
 //!
 //! A segment is named `<seq>-<first index>.wal` (hex, as etcd). When the active one is full a
-//! new one begins with the current state frames, so deleting the segments behind a purge loses
-//! no state. Truncating conflicting entries cuts the file at the first of them and writes the
-//! state again.
+//! new one begins with the current state frames (written under a temporary name, synced, then
+//! renamed), so deleting the segments behind a purge loses no state.
 //!
 //! Segments are zero-filled ahead of the writes, a chunk at a time, in the same write as the
 //! batch that reaches the end: an `fdatasync` then flushes the frames alone, without the file
@@ -36,6 +38,8 @@ const MAX_FRAME: u32 = 512 << 20;
 const HEADER: usize = 8;
 /// Zeros written ahead of the frames each time the writes reach the zero-filled end.
 const ZERO_CHUNK: u64 = 256 << 10;
+/// Extension of a segment being started; one left by a crash is removed on open.
+const TMP: &str = "wal.tmp";
 
 /// What a frame holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,8 @@ enum Kind {
     Vote = 2,
     Committed = 3,
     Purged = 4,
+    /// Entries from the index it holds on are gone.
+    Truncate = 5,
 }
 
 impl Kind {
@@ -54,6 +60,7 @@ impl Kind {
             2 => Kind::Vote,
             3 => Kind::Committed,
             4 => Kind::Purged,
+            5 => Kind::Truncate,
             _ => return None,
         })
     }
@@ -188,11 +195,6 @@ impl WalReader {
     pub fn first_index(&self) -> Option<u64> {
         self.index().first_index()
     }
-
-    /// Number of segment files.
-    pub fn segment_count(&self) -> usize {
-        self.index().segments.len()
-    }
 }
 
 fn corrupt(path: &Path, offset: u64, detail: String) -> WalError {
@@ -274,21 +276,19 @@ enum Tail {
 }
 
 /// Classifies the bytes after `good_len`, the end of a segment's good frames.
-fn tail(file: &File, size: u64, good_len: u64, is_last: bool) -> Tail {
+fn tail(file: &File, size: u64, good_len: u64, is_last: bool) -> std::io::Result<Tail> {
     // The first byte that is not zero, if any.
     let mut first_set = None;
     let mut buf = vec![0u8; 64 << 10];
     let mut at = good_len;
     while at < size && first_set.is_none() {
         let n = buf.len().min((size - at) as usize);
-        if file.read_exact_at(&mut buf[..n], at).is_err() {
-            return if is_last { Tail::Torn } else { Tail::Corrupt };
-        }
+        file.read_exact_at(&mut buf[..n], at)?;
         first_set = buf[..n].iter().position(|b| *b != 0).map(|i| at + i as u64);
         at += n as u64;
     }
     let Some(q) = first_set else {
-        return Tail::Clean;
+        return Ok(Tail::Clean);
     };
     // A good frame after the bad bytes means damage to acknowledged frames. It starts where
     // the bad frame's header says it ends, or (after zeros) at most three bytes before the
@@ -303,11 +303,11 @@ fn tail(file: &File, size: u64, good_len: u64, is_last: bool) -> Tail {
         .into_iter()
         .chain(after_zeros)
         .any(|c| good_frame_at(file, c, size));
-    if damaged || !is_last {
+    Ok(if damaged || !is_last {
         Tail::Corrupt
     } else {
         Tail::Torn
-    }
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
@@ -365,9 +365,9 @@ fn scan(path: &Path, file: &File) -> Result<Scanned, WalError> {
         let slot = Slot { offset, len };
         let payload = &body[1..];
         match kind {
-            Kind::Entry => {
+            Kind::Entry | Kind::Truncate => {
                 let Some(index) = payload.get(..8) else {
-                    out.bad = Some("entry frame without an index".into());
+                    out.bad = Some("frame without an index".into());
                     break;
                 };
                 let index = u64::from_le_bytes(index.try_into().unwrap_or_default());
@@ -419,13 +419,15 @@ impl Wal {
         for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let e = e.map_err(io_err(dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((seq, first)) = parse_name(&name) {
+            if name.ends_with(TMP) {
+                std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            } else if let Some((seq, first)) = parse_name(&name) {
                 names.push((seq, first, e.path()));
             }
         }
         names.sort();
         let mut state = State::default();
-        let mut segments = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         let count = names.len();
         let mut last: Option<(u64, PathBuf)> = None;
         // Entries across segments, to check they follow each other.
@@ -439,7 +441,7 @@ impl Wal {
                 .map_err(io_err(&path))?;
             let scanned = scan(&path, &file)?;
             let size = file.metadata().map_err(io_err(&path))?.len();
-            match tail(&file, size, scanned.good_len, is_last) {
+            match tail(&file, size, scanned.good_len, is_last).map_err(io_err(&path))? {
                 Tail::Clean => {}
                 Tail::Torn => {
                     tracing::warn!(
@@ -483,6 +485,18 @@ impl Wal {
                         }
                         entries.insert(index, slot);
                         last = Some((index, path.clone()));
+                    }
+                    Kind::Truncate => {
+                        for s in &mut segments {
+                            s.entries.retain(|i, _| *i < index);
+                        }
+                        entries.retain(|i, _| *i < index);
+                        last = match last {
+                            Some((prev, p)) if prev >= index => {
+                                index.checked_sub(1).map(|i| (i, p))
+                            }
+                            other => other,
+                        };
                     }
                     Kind::Vote => state.vote = Some(payload),
                     Kind::Committed => state.committed = Some(payload),
@@ -670,17 +684,22 @@ impl Wal {
             let seq = index.segments.last().map_or(0, |s| s.seq + 1);
             (seq, index.last_index().map_or(0, |i| i + 1))
         };
+        // Complete and durable before it has its name: a crash leaves no segment without the
+        // state, which a later purge would make the only copy.
         let path = self.dir.join(segment_name(seq, first));
+        let tmp = path.with_extension(TMP);
         let mut file = OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         let mut head = Vec::new();
         self.state_frames(&mut head);
         file.write_all(&head)
-            .and_then(|_| file.sync_data())
-            .map_err(io_err(&path))?;
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
         let read = File::open(&path).map_err(io_err(&path))?;
         self.active = file;
@@ -722,50 +741,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Removes entries from `from` on (a follower's conflicting suffix), durably.
+    /// Removes entries from `from` on (a follower's conflicting suffix), durably: a truncation
+    /// frame, appended like any other, so no frame already written is touched.
     pub fn truncate(&mut self, from: u64) -> Result<(), WalError> {
+        // Staged entries first, so the truncation also covers those at or after `from`.
         self.sync()?;
-        let mut gone = Vec::new();
-        let cut = {
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-            // Segments holding nothing before `from` go entirely (the first always stays).
-            while index.segments.len() > 1
-                && index
-                    .segments
-                    .last()
-                    .is_some_and(|s| s.entries.first_key_value().is_none_or(|(i, _)| *i >= from))
-            {
-                gone.extend(index.segments.pop().map(|s| s.path));
-            }
-            let seg = index.segments.last_mut().expect("a segment");
-            let cut = seg
-                .entries
-                .range(from..)
-                .next()
-                .map_or(seg.end, |(_, s)| s.offset);
-            seg.entries.retain(|i, _| *i < from);
-            seg.end = cut;
-            (cut, open_write(&seg.path)?, seg.path.clone())
-        };
-        let (cut, file, path) = cut;
-        for p in &gone {
-            std::fs::remove_file(p).map_err(io_err(p))?;
-        }
-        self.active = file;
-        self.active
-            .set_len(cut)
-            .and_then(|_| self.active.sync_all())
-            .map_err(io_err(&path))?;
-        self.active_len = cut;
-        self.zeroed_end = cut;
-        // State frames after the cut went with it: write them again (nothing else is staged:
-        // the sync above wrote it).
-        let mut head = Vec::new();
-        self.state_frames(&mut head);
-        self.buf = head;
+        push_frame(&mut self.buf, Kind::Truncate, &[&from.to_le_bytes()]);
         self.sync()?;
-        if !gone.is_empty() {
-            sync_dir(&self.dir)?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for s in &mut index.segments {
+            s.entries.retain(|i, _| *i < from);
         }
         Ok(())
     }
@@ -884,6 +869,49 @@ mod tests {
     }
 
     #[test]
+    fn a_truncation_lasts_and_rewrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 300).unwrap();
+        append(&mut w, 0..=9);
+        w.set_vote(b"vote-after-9".to_vec());
+        w.sync().unwrap();
+        let before: Vec<(PathBuf, Vec<u8>)> = files(dir.path())
+            .into_iter()
+            .map(|f| (f.clone(), std::fs::read(&f).unwrap()))
+            .collect();
+        w.truncate(3).unwrap();
+        // Every byte written before is still there (only zeros ahead may have been used).
+        for (f, old) in before {
+            let now = std::fs::read(&f).unwrap();
+            let end = old.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+            assert_eq!(now[..end], old[..end], "{} rewritten", f.display());
+        }
+        drop(w);
+        let mut w = Wal::open(dir.path(), 300).unwrap();
+        assert_eq!(w.reader().last_index(), Some(2));
+        assert_eq!(w.reader().read(5).unwrap(), None);
+        assert_eq!(w.state().vote.as_deref(), Some(&b"vote-after-9"[..]));
+        append(&mut w, 3..=4);
+        drop(w);
+        let w = Wal::open(dir.path(), 300).unwrap();
+        assert_eq!(w.reader().last_index(), Some(4));
+        assert_eq!(w.reader().read(4).unwrap(), Some(entry(4)));
+    }
+
+    #[test]
+    fn a_segment_left_half_started_by_a_crash_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(dir.path(), 100).unwrap();
+        append(&mut w, 0..=3);
+        drop(w);
+        let half = dir.path().join(segment_name(99, 4)).with_extension(TMP);
+        std::fs::write(&half, b"").unwrap();
+        let w = Wal::open(dir.path(), 100).unwrap();
+        assert!(!half.exists());
+        assert_eq!(w.reader().last_index(), Some(3));
+    }
+
+    #[test]
     fn a_torn_last_write_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Wal::open(dir.path(), SEGMENT_BYTES).unwrap();
@@ -891,8 +919,10 @@ mod tests {
         drop(w);
         let path = files(dir.path()).pop().unwrap();
         let zeroed = std::fs::metadata(&path).unwrap().len();
-        let end = frames_end(&path);
-        assert!(zeroed > end, "zeros are written ahead of the frames");
+        assert!(
+            zeroed > frames_end(&path),
+            "zeros are written ahead of the frames"
+        );
         for (tail, cut) in [
             (vec![7u8; 3], true), // a few bytes of a header
             // A whole frame whose end did not reach the disk.
@@ -911,6 +941,7 @@ mod tests {
             // Zeros written ahead, nothing else.
             (vec![0u8; 64], false),
         ] {
+            let end = Wal::open(dir.path(), SEGMENT_BYTES).unwrap().active_len;
             let f = OpenOptions::new().write(true).open(&path).unwrap();
             f.write_all_at(&tail, end).unwrap();
             drop(f);
