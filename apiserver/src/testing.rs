@@ -2,19 +2,27 @@
 //! Debian `etcd-server` package) in a temporary directory and this apiserver in process, on
 //! free ports. Dropping it stops both.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this process: the
+/// kernel may give a released ephemeral port again, and two parts of one test (a store's peer
+/// port and an apiserver's port) must not get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Retries `f` until it returns `Some`, or panics after a minute saying `what` (a bound on how
@@ -102,7 +110,11 @@ impl ControlPlane {
 
     async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !self.ready().await {
+        // The apiserver holds connections unanswered until its store answers: ask again.
+        while !tokio::time::timeout(Duration::from_secs(5), self.ready())
+            .await
+            .unwrap_or(false)
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the apiserver on {} did not become ready within a minute",

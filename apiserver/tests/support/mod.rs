@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +17,21 @@ pub enum Store {
 
 pub const STORES: [Store; 2] = [Store::Miniorch, Store::Etcd];
 
+/// A port nobody listens on right now, and never handed out before in this process: the
+/// kernel may give a released ephemeral port again, and two parts of one test (a store's peer
+/// port and an apiserver's port) must not get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 fn which(name: &str) -> PathBuf {
@@ -126,7 +134,7 @@ impl Api {
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !Command::new("curl")
-            .args(["-sf", &format!("{url}/readyz")])
+            .args(["-sf", "--max-time", "5", &format!("{url}/readyz")])
             .output()
             .is_ok_and(|o| o.status.success())
         {
@@ -154,7 +162,7 @@ impl Api {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(out) = Command::new("curl")
-                .args(["-sf", &format!("{}/readyz", self.url)])
+                .args(["-sf", "--max-time", "5", &format!("{}/readyz", self.url)])
                 .output()
                 && out.status.success()
             {
@@ -260,6 +268,8 @@ impl Api {
         let out = Command::new("curl")
             .args([
                 "-s",
+                "--max-time",
+                "60",
                 "-o",
                 "-",
                 "-w",

@@ -96,12 +96,21 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+/// A port nobody listens on right now, and never handed out before in this process: the
+/// kernel may give a released ephemeral port again, and two parts of one test (a store's peer
+/// port and an apiserver's port) must not get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A binary next to the test's own component binary (same target dir and profile), unless

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -13,10 +12,21 @@ use miniorch_store::pb::etcdserverpb::RangeRequest;
 use miniorch_store::pb::etcdserverpb::kv_client::KvClient;
 use tonic::transport::Channel;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this process: the
+/// kernel may give a released ephemeral port again, and two parts of one test (a store's peer
+/// port and an apiserver's port) must not get the same one.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The `etcdctl` binary; the test fails (never skips) when it is missing.
