@@ -125,20 +125,58 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         watch_cache_size: config.default_watch_cache_size.max(1),
     });
-    wait_for_store(&state, &config.etcd_servers, &shutdown).await?;
+    // Until the store answers, every request gets a prompt 503 (as kube-apiserver's readyz
+    // reports a failing etcd check), not a connection left unanswered.
+    let starting = CancellationToken::new();
+    let not_ready = answer_not_ready(&listener, starting.clone())?;
+    let started = async {
+        wait_for_store(&state, &config.etcd_servers, &shutdown).await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        ensure_system_namespaces(&state).await?;
+        let advertise = config
+            .advertise_address
+            .unwrap_or_else(|| advertise_default(config.bind_address));
+        ensure_kubernetes_service(&state, advertise, config.port).await
+    }
+    .await;
+    starting.cancel();
+    let _ = not_ready.await;
+    started?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
-    ensure_system_namespaces(&state).await?;
-    let advertise = config
-        .advertise_address
-        .unwrap_or_else(|| advertise_default(config.bind_address));
-    ensure_kubernetes_service(&state, advertise, config.port).await?;
     for endpoint in state.registry.endpoints() {
         endpoint.start_cache(&state);
     }
     tracing::info!(%addr, store = ?config.etcd_servers, "apiserver serving");
     serve(listener, state, shutdown).await
+}
+
+/// Answers 503 on a second handle of `listener` until `done`, closing each connection.
+fn answer_not_ready(
+    listener: &tokio::net::TcpListener,
+    done: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::fd::AsFd;
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .context("apiserver: cannot share the listening socket")?;
+    let early = tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))?;
+    let app = Router::new().fallback(|| async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(::http::header::CONNECTION, "close")],
+            "[-]etcd failed: the apiserver is waiting for its store\nreadyz check failed\n",
+        )
+    });
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(early, app)
+            .with_graceful_shutdown(done.cancelled_owned())
+            .await;
+    }))
 }
 
 /// Serves `state` on `listener` until `shutdown`; open watches are cut so shutdown is prompt.
