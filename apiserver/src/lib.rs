@@ -142,7 +142,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     .await;
     starting.cancel();
-    let _ = not_ready.await;
+    // It stops accepting at once; a client that never finishes its request is not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(5), not_ready).await;
     started?;
     if shutdown.is_cancelled() {
         return Ok(());
