@@ -178,21 +178,16 @@ fn without_its_store_the_apiserver_answers_503_at_once() {
         .expect("apiserver");
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(30);
-    // "000": not listening yet, or (the defect this guards) a connection left unanswered.
+    // 0: not listening yet, or (the defect this guards) a connection left unanswered.
     let (code, body) = loop {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", &url])
-            .output()
-            .expect("curl");
-        let out = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "000"));
-        if code != "000" || Instant::now() > deadline {
-            break (code.to_string(), body.to_string());
+        let (code, body) = support::curl(&[&url], 5);
+        if code != 0 || Instant::now() > deadline {
+            break (code, body);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let _ = api.kill();
     let _ = api.wait();
-    assert_eq!(code, "503", "{body}");
+    assert_eq!(code, 503, "{body}");
     assert!(body.contains("etcd failed"), "{body}");
 }

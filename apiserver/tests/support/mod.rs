@@ -133,11 +133,7 @@ impl Api {
         self.children.push(spawn(api, &log));
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !Command::new("curl")
-            .args(["-sf", "--max-time", "5", &format!("{url}/readyz")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        while !ready(&url) {
             assert!(
                 Instant::now() < deadline,
                 "second apiserver not ready: {}",
@@ -161,11 +157,7 @@ impl Api {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(out) = Command::new("curl")
-                .args(["-sf", "--max-time", "5", &format!("{}/readyz", self.url)])
-                .output()
-                && out.status.success()
-            {
+            if ready(&self.url) {
                 // The system namespaces are created just after the store answers.
                 if self.kubectl(&["get", "ns", "default"]).status.success() {
                     return;
@@ -265,32 +257,33 @@ impl Api {
 
     /// `curl` with a method, body and content type; (status code, body).
     pub fn curl(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "--max-time",
-                "60",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                "-X",
-                method,
-                "-H",
-                &format!("Content-Type: {content_type}"),
-            ])
-            .args(if body.is_empty() {
-                vec![]
-            } else {
-                vec!["--data-binary".to_string(), body.to_string()]
-            })
-            .arg(format!("{}{path}", self.url))
-            .output()
-            .expect("curl");
-        let s = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = s.rsplit_once('\n').unwrap_or((&s, "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        let header = format!("Content-Type: {content_type}");
+        let url = format!("{}{path}", self.url);
+        let mut args = vec!["-X", method, "-H", &header];
+        if !body.is_empty() {
+            args.extend(["--data-binary", body]);
+        }
+        args.push(&url);
+        curl(&args, 60)
     }
+}
+
+/// Whether the apiserver at `url` says it is ready (an unanswered probe gives up after 5 s).
+fn ready(url: &str) -> bool {
+    (200..400).contains(&curl(&[&format!("{url}/readyz")], 5).0)
+}
+
+/// `curl -s <args>`, given at most `max_secs`: (status code, body); code 0 when no answer came.
+pub fn curl(args: &[&str], max_secs: u32) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", &max_secs.to_string()])
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n').unwrap_or((&s, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 impl Drop for Api {
